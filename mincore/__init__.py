@@ -1,0 +1,27 @@
+"""mincore: minimal recurrent networks (minGRU, minLSTM, LRU) with hand-written parallel-scan kernels.
+
+Arrays in, arrays out (NumPy on the CPU, CuPy on the GPU); see `mincore.cells` for the equations.
+Importing mincore is cheap: engines (numba, CuPy) are imported the first time they are used.
+"""
+
+from .backend import engines, get_array_module
+from .cells import (
+    lru_scan,
+    lru_scan_backward,
+    min_gru,
+    min_gru_backward,
+    min_gru_step,
+    min_lstm,
+    min_lstm_backward,
+    min_lstm_step,
+    scan,
+    scan_backward,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "engines", "get_array_module", "scan", "scan_backward", "min_gru", "min_gru_backward",
+    "min_gru_step", "min_lstm", "min_lstm_backward", "min_lstm_step", "lru_scan", "lru_scan_backward",
+    "__version__",
+]

@@ -1,0 +1,198 @@
+"""Array modules and the engine table.
+
+`get_array_module(x)` returns numpy or cupy without importing cupy unless a CuPy array is present,
+so `import mincore` stays fast on machines without a GPU. The engine table is the one place where
+the backend branches: every public function in `mincore.cells` asks `get_engine` for an
+implementation module and calls the same-named function on it.
+
+An engine implementation is a module exposing (all arrays already validated, C-contiguous, h0 given):
+    scan(a, b, h0, reverse) -> h
+    scan_backward(a, h, dh, h0) -> (da, db, dh0)
+    min_gru(k, v, h0, log_space) -> h
+    min_gru_backward(k, v, h, dh, h0, log_space) -> (dk, dv, dh0)
+    min_lstm(kf, ki, v, h0, normalize, log_space) -> h
+    min_lstm_backward(kf, ki, v, h, dh, h0, normalize, log_space) -> (dkf, dki, dv, dh0)
+    lru_scan(lam, bu, h0) -> h
+    lru_scan_backward(lam, h, dh, h0) -> (dlam, dbu, dh0)
+and a tuple DTYPES of the real dtypes it accepts (complex support follows the real precision).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["get_array_module", "is_cupy_array", "EngineSpec", "register_engine", "engines",
+           "get_engine", "resolve_engine", "engine_names"]
+
+
+def is_cupy_array(x) -> bool:
+    """True for a cupy.ndarray, decided by type name so cupy is never imported needlessly."""
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def get_array_module(*arrays):
+    """numpy, or cupy when any argument is a CuPy array (CuPy's own `get_array_module` contract)."""
+    for x in arrays:
+        if is_cupy_array(x):
+            import cupy
+
+            return cupy
+    return np
+
+
+# --------------------------------------------------------------------------------------------
+# probes: each returns None when the engine can run here, else a one-line reason
+
+
+def _probe_always() -> str | None:
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_numba() -> str | None:
+    try:
+        import numba  # noqa: F401
+    except Exception as e:  # pragma: no cover - numba is a hard dependency
+        return f"numba cannot be imported ({type(e).__name__}: {e})"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_cupy() -> str | None:
+    try:
+        import cupy
+    except Exception as e:
+        return f"CuPy is not installed (pip install 'mincore[cuda12]' or 'mincore[cuda13]'): {e}"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        return f"no CUDA device (CuPy: {type(e).__name__}: {e})"
+    if n < 1:
+        return "no CUDA device (CuPy sees 0 devices)"
+    try:  # NVRTC must work too: compile and launch the smallest kernel
+        k = cupy.RawKernel(r'extern "C" __global__ void one(float* x){ x[0] = 1.0f; }', "one")
+        x = cupy.zeros(1, dtype=cupy.float32)
+        k((1,), (1,), (x,))
+        if float(x[0]) != 1.0:
+            return "CUDA device present but a test kernel produced a wrong result"
+    except Exception as e:
+        return f"CUDA device present but NVRTC compile/launch failed ({type(e).__name__}: {e})"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_numba_cuda() -> str | None:
+    try:
+        from numba import config, cuda
+    except Exception as e:
+        return f"numba.cuda cannot be imported ({type(e).__name__}: {e}); install numba-cuda"
+    if config.ENABLE_CUDASIM:
+        return None  # the simulator runs on NumPy arrays (slow: tiny shapes only)
+    try:
+        if not cuda.is_available():
+            return "no CUDA device (numba.cuda.is_available() is False)"
+    except Exception as e:
+        return f"no CUDA device ({type(e).__name__}: {e})"
+    return None
+
+
+def cudasim_enabled() -> bool:
+    """True when numba's CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1 before numba was imported)."""
+    if "numba" in sys.modules:
+        from numba import config
+
+        return bool(config.ENABLE_CUDASIM)
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+# --------------------------------------------------------------------------------------------
+# the engine table
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    name: str
+    module: str  # import path of the implementation module (imported lazily)
+    arrays: tuple[str, ...]  # array modules it accepts: "numpy", "cupy"
+    probe: Callable[[], str | None]
+    doc: str
+
+    def accepts(self, xp_name: str) -> bool:
+        if self.name == "numba-cuda" and xp_name == "numpy":
+            return cudasim_enabled()
+        return xp_name in self.arrays
+
+
+_ENGINES: dict[str, EngineSpec] = {}
+_DEFAULT = {"numpy": "numba", "cupy": "cupy"}
+
+
+def register_engine(spec: EngineSpec) -> None:
+    """Add an engine. Engine-parametrised tests pick it up from `engine_names()` automatically."""
+    _ENGINES[spec.name] = spec
+
+
+register_engine(EngineSpec("numpy", "mincore.kernels.reference", ("numpy",), _probe_always,
+                           "sequential loop over T; the oracle"))
+register_engine(EngineSpec("logspace", "mincore.kernels.logspace", ("numpy", "cupy"), _probe_always,
+                           "Heinsen's cumsum + logcumsumexp scan (the paper's listing); a must be > 0"))
+register_engine(EngineSpec("numba", "mincore.kernels.numba_cpu", ("numpy",), _probe_numba,
+                           "fused CPU kernels, parallel over batch x channel blocks; CPU default"))
+register_engine(EngineSpec("numba-cuda", "mincore.kernels.numba_cuda", ("cupy",), _probe_numba_cuda,
+                           "numba.cuda kernels on CuPy arrays (NumPy arrays under the simulator)"))
+register_engine(EngineSpec("cupy", "mincore.kernels.cupy_engine", ("cupy",), _probe_cupy,
+                           "CUDA C RawKernels compiled by CuPy; GPU default"))
+
+
+def engine_names() -> list[str]:
+    return list(_ENGINES)
+
+
+def engines() -> dict[str, dict]:
+    """engine name -> {"available": bool, "reason": None or why not, "arrays": ..., "doc": ...}."""
+    out = {}
+    for name, spec in _ENGINES.items():
+        reason = spec.probe()
+        out[name] = {"available": reason is None, "reason": reason, "arrays": list(spec.arrays),
+                     "doc": spec.doc}
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _load(name: str):
+    return importlib.import_module(_ENGINES[name].module)
+
+
+def resolve_engine(engine: str | None, xp) -> str:
+    """The engine name for arrays of module `xp`: explicit > $MINCORE_ENGINE > default by array type."""
+    xp_name = xp.__name__.split(".")[0]
+    if engine is None:
+        engine = os.environ.get("MINCORE_ENGINE") or _DEFAULT.get(xp_name)
+        where = "$MINCORE_ENGINE" if os.environ.get("MINCORE_ENGINE") else "default"
+    else:
+        where = "engine"
+    if not isinstance(engine, str) or engine not in _ENGINES:
+        raise ValueError(f"{where}: unknown engine {engine!r}; expected one of {engine_names()}")
+    spec = _ENGINES[engine]
+    if not spec.accepts(xp_name):
+        hint = ("move them with cupy.asarray(x)" if xp_name == "numpy"
+                else "move them with cupy.asnumpy(x) or x.get()")
+        raise TypeError(f"{where}: engine {engine!r} takes {' or '.join(spec.arrays)} arrays but got "
+                        f"{xp_name} arrays; {hint}, or pick an engine for {xp_name} arrays")
+    reason = spec.probe()
+    if reason is not None:
+        raise RuntimeError(f"{where}: engine {engine!r} cannot run here: {reason}")
+    return engine
+
+
+def get_engine(engine: str | None, xp):
+    """(name, implementation module) for `engine` on arrays of module `xp`; never falls back silently."""
+    name = resolve_engine(engine, xp)
+    return name, _load(name)

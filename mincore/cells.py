@@ -1,0 +1,110 @@
+"""The public array API: validate, pick an engine, call it. Shapes are (B, T, D), D contiguous.
+
+Every function works for any T >= 0 and takes an optional initial state h0 of shape (B, D) (None means
+zeros). The last state is h[:, -1], so a long sequence can be processed in chunks by carrying it.
+Backward functions take the forward output h, so nothing is recomputed through autograd.
+"""
+
+from __future__ import annotations
+
+from . import checks
+from .backend import get_engine
+from .kernels import gates
+
+
+def _setup(engine, h0, dtypes=checks.REAL, **seqs):
+    xp = checks.same_module(h0=h0, **seqs)
+    shape, dtype = checks.sequences(dtypes, **seqs)
+    name, impl = get_engine(engine, xp)
+    checks.engine_dtype(name, impl, dtype)
+    return xp, impl, checks.state("h0", h0, shape, dtype, xp)
+
+
+def scan(a, b, h0=None, *, reverse=False, engine=None):
+    """h_t = a_t * h_{t-1} + b_t with h_{-1} = h0; reverse=True runs t = T-1 .. 0 with h_T = h0."""
+    _, impl, h0 = _setup(engine, h0, a=a, b=b)
+    return impl.scan(a, b, h0, checks.flag("reverse", reverse))
+
+
+def scan_backward(a, h, dh, h0=None, *, reverse=False, engine=None):
+    """Adjoint of `scan` given its output h and dL/dh: returns (da, db, dh0).
+
+    G_t = dh_t + a_{t+1} G_{t+1}; db = G; da_t = G_t h_{t-1}; dh0 = a_0 G_0 (forward direction).
+    reverse=True is the adjoint of scan(..., reverse=True) (the same computation on flipped time).
+    """
+    xp, impl, h0 = _setup(engine, h0, a=a, h=h, dh=dh)
+    if checks.flag("reverse", reverse):
+        def flip(x):
+            return xp.ascontiguousarray(x[:, ::-1])
+        da, db, dh0 = impl.scan_backward(flip(a), flip(h), flip(dh), h0)
+        return flip(da), flip(db), dh0
+    return impl.scan_backward(a, h, dh, h0)
+
+
+def min_gru(k, v, h0=None, *, log_space=False, engine=None):
+    """minGRU over a whole sequence: z = sigmoid(k), h~ = v (log_space: g(v)),
+    h_t = (1 - z_t) h_{t-1} + z_t h~_t. k, v: (B, T, D) pre-activations from the input alone."""
+    _, impl, h0 = _setup(engine, h0, k=k, v=v)
+    return impl.min_gru(k, v, h0, checks.flag("log_space", log_space))
+
+
+def min_gru_backward(k, v, h, dh, h0=None, *, log_space=False, engine=None):
+    """(dk, dv, dh0) of `min_gru` given its output h and dL/dh."""
+    _, impl, h0 = _setup(engine, h0, k=k, v=v, h=h, dh=dh)
+    return impl.min_gru_backward(k, v, h, dh, h0, checks.flag("log_space", log_space))
+
+
+def min_gru_step(k_t, v_t, h_prev, *, log_space=False):
+    """One recurrent step on (B, D) arrays: the constant-memory inference form of `min_gru`."""
+    xp = checks.step_inputs(k_t=k_t, v_t=v_t, h_prev=h_prev)
+    a, b = gates.min_gru_coeffs(xp, k_t, v_t, checks.flag("log_space", log_space))
+    return a * h_prev + b
+
+
+def min_lstm(kf, ki, v, h0=None, *, normalize=True, log_space=False, engine=None):
+    """minLSTM: f = sigmoid(kf), i = sigmoid(ki); normalize: f' = f/(f+i), i' = i/(f+i);
+    h_t = f'_t h_{t-1} + i'_t h~_t (without normalize: f and i as they are)."""
+    _, impl, h0 = _setup(engine, h0, kf=kf, ki=ki, v=v)
+    return impl.min_lstm(kf, ki, v, h0, checks.flag("normalize", normalize),
+                         checks.flag("log_space", log_space))
+
+
+def min_lstm_backward(kf, ki, v, h, dh, h0=None, *, normalize=True, log_space=False, engine=None):
+    """(dkf, dki, dv, dh0) of `min_lstm` given its output h and dL/dh."""
+    _, impl, h0 = _setup(engine, h0, kf=kf, ki=ki, v=v, h=h, dh=dh)
+    return impl.min_lstm_backward(kf, ki, v, h, dh, h0, checks.flag("normalize", normalize),
+                                  checks.flag("log_space", log_space))
+
+
+def min_lstm_step(kf_t, ki_t, v_t, h_prev, *, normalize=True, log_space=False):
+    """One recurrent step of `min_lstm` on (B, D) arrays."""
+    xp = checks.step_inputs(kf_t=kf_t, ki_t=ki_t, v_t=v_t, h_prev=h_prev)
+    a, b = gates.min_lstm_coeffs(xp, kf_t, ki_t, v_t, checks.flag("normalize", normalize),
+                                 checks.flag("log_space", log_space))
+    return a * h_prev + b
+
+
+def _lru_setup(engine, lam, h0, **seqs):
+    xp = checks.same_module(lam=lam, h0=h0, **seqs)
+    shape, dtype = checks.sequences(tuple(checks.COMPLEX), **seqs)
+    checks.array("lam", lam, 1)
+    if lam.shape != (shape[2],) or lam.dtype != dtype:
+        raise ValueError(f"lam: expected shape (D,) = ({shape[2]},) and dtype {dtype}, "
+                         f"got shape {tuple(lam.shape)} dtype {lam.dtype}")
+    name, impl = get_engine(engine, xp)
+    checks.engine_dtype(name, impl, dtype)
+    return impl, checks.state("h0", h0, shape, dtype, xp)
+
+
+def lru_scan(lam, bu, h0=None, *, engine=None):
+    """LRU recurrence (Orvieto et al. 2023, eq. 1): h_t = lam * h_{t-1} + bu_t, complex, lam (D,)
+    per channel (diagonal Lambda), bu (B, T, D) = gamma * (B u_t) computed by the caller."""
+    impl, h0 = _lru_setup(engine, lam, h0, bu=bu)
+    return impl.lru_scan(lam, bu, h0)
+
+
+def lru_scan_backward(lam, h, dh, h0=None, *, engine=None):
+    """(dlam, dbu, dh0) of `lru_scan` with complex gradients as dL/dRe + i dL/dIm (PyTorch's
+    convention): dbu_t = G_t = dh_t + conj(lam) G_{t+1}, dlam = sum_{b,t} G_t conj(h_{t-1})."""
+    impl, h0 = _lru_setup(engine, lam, h0, h=h, dh=dh)
+    return impl.lru_scan_backward(lam, h, dh, h0)

@@ -1,0 +1,96 @@
+"""Input validation for the public array API: every message names the argument, what it got and
+what was expected, so a user never has to read a kernel to find out what went wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import get_array_module
+
+REAL = (np.dtype(np.float32), np.dtype(np.float64))
+COMPLEX = {np.dtype(np.complex64): np.dtype(np.float32), np.dtype(np.complex128): np.dtype(np.float64)}
+
+
+def _desc(x) -> str:
+    mod = type(x).__module__.split(".")[0]
+    return f"{mod}.{type(x).__name__} shape {tuple(x.shape)} dtype {x.dtype}"
+
+
+def array(name: str, x, ndim: int):
+    """x must be a NumPy/CuPy array of `ndim` dimensions, C-contiguous."""
+    if not hasattr(x, "__array_interface__") and not hasattr(x, "__cuda_array_interface__"):
+        raise TypeError(f"{name}: expected a numpy or cupy array, got {type(x).__name__}")
+    if x.ndim != ndim:
+        want = {1: "(D,)", 2: "(B, D)", 3: "(B, T, D)"}[ndim]
+        raise ValueError(f"{name}: expected {ndim} dimensions {want}, got {_desc(x)}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array, got a strided view ({_desc(x)}); "
+                         f"pass xp.ascontiguousarray({name})")
+    return x
+
+
+def same_module(**named):
+    """All arrays from one array module: NumPy and CuPy are never mixed silently."""
+    mods = {k: get_array_module(v).__name__ for k, v in named.items() if v is not None}
+    if len(set(mods.values())) > 1:
+        got = ", ".join(f"{k}={m}" for k, m in mods.items())
+        raise TypeError(f"arrays from different array modules ({got}); move them to one device with "
+                        "cupy.asarray(x) or cupy.asnumpy(x)")
+    return get_array_module(*[v for v in named.values() if v is not None])
+
+
+def sequences(dtypes=REAL, **named):
+    """(B, T, D) arrays of one shape and one dtype from `dtypes`. Returns (shape, dtype)."""
+    first = None
+    for name, x in named.items():
+        array(name, x, 3)
+        if x.dtype not in dtypes:
+            raise TypeError(f"{name}: expected dtype {' or '.join(str(d) for d in dtypes)}, got {x.dtype}")
+        if first is None:
+            first = (name, x)
+            continue
+        n0, x0 = first
+        if x.shape != x0.shape:
+            raise ValueError(f"{name}: shape {tuple(x.shape)} does not match {n0} shape {tuple(x0.shape)}")
+        if x.dtype != x0.dtype:
+            raise TypeError(f"{name}: dtype {x.dtype} does not match {n0} dtype {x0.dtype} "
+                            "(mixed precision is not converted silently; cast one of them)")
+    return first[1].shape, first[1].dtype
+
+
+def state(name: str, h0, shape, dtype, xp):
+    """h0 of shape (B, D) and the sequences' dtype, or None meaning zeros (materialised here)."""
+    B, _, D = shape
+    if h0 is None:
+        return xp.zeros((B, D), dtype=dtype)
+    array(name, h0, 2)
+    if tuple(h0.shape) != (B, D):
+        raise ValueError(f"{name}: expected shape (B, D) = {(B, D)}, got {tuple(h0.shape)}")
+    if h0.dtype != dtype:
+        raise TypeError(f"{name}: dtype {h0.dtype} does not match the sequences' dtype {dtype}")
+    return h0
+
+
+def flag(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+def engine_dtype(engine_name: str, impl, dtype):
+    real = COMPLEX.get(dtype, dtype)
+    if real not in tuple(np.dtype(d) for d in impl.DTYPES):
+        raise TypeError(f"engine {engine_name!r} supports dtypes {list(impl.DTYPES)}, got {dtype}")
+
+
+def step_inputs(**named):
+    """(B, D) arrays of one shape and one real dtype for the *_step functions."""
+    first = None
+    for name, x in named.items():
+        array(name, x, 2)
+        if x.dtype not in REAL:
+            raise TypeError(f"{name}: expected dtype float32 or float64, got {x.dtype}")
+        if first is not None and (x.shape != first[1].shape or x.dtype != first[1].dtype):
+            raise ValueError(f"{name}: {_desc(x)} does not match {first[0]}: {_desc(first[1])}")
+        first = first or (name, x)
+    return same_module(**named)

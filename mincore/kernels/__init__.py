@@ -1,0 +1,1 @@
+"""Engine implementations, one module per engine (see mincore.backend for the interface)."""
