@@ -1,0 +1,22 @@
+"""mincore.autograd: a small tape-based autograd over NumPy / CuPy arrays.
+
+    Tensor, Parameter, no_grad        tensor.py: the tape and backward()
+    ops (+ - * / ** matmul ...)       ops.py: primitives with their VJPs, one `unbroadcast`
+    F (functional)                    functional.py: fused norms, conv, dropout, losses, `primitive`
+    nn                                nn.py: Module, Linear, Embedding, norms, CausalConv1d, MLP, GLU
+    optim                             optim.py: Adam, AdamW, clip_grad_norm, schedules
+    save_checkpoint, load_checkpoint  checkpoint.py: atomic HDF5 checkpoints
+
+Imports only mincore.backend (and numpy, h5py): the recurrent primitives live in mincore.layers.
+"""
+
+from . import functional, nn, ops, optim
+from . import functional as F
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .functional import primitive
+from .ops import unbroadcast
+from .tensor import Parameter, Tensor, as_tensor, enable_grad, is_grad_enabled, no_grad, record, tensor
+
+__all__ = ["Tensor", "Parameter", "tensor", "as_tensor", "no_grad", "enable_grad", "is_grad_enabled",
+           "record", "primitive", "unbroadcast", "ops", "functional", "F", "nn", "optim",
+           "save_checkpoint", "load_checkpoint", "Checkpoint"]

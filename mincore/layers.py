@@ -1,0 +1,239 @@
+"""Recurrent layers MinGRU, MinLSTM (Feng et al. 2024) and LRU (Orvieto et al. 2023) on mincore.autograd.
+
+Each recurrence is ONE autograd primitive: its forward calls the fused kernel (mincore.min_gru,
+min_lstm, lru_scan) and its VJP the explicit backward kernel with the saved output h, so no autograd
+runs through the scan. Every layer has
+    forward(x (B, T, dim), h0=None) -> (y (B, T, dim), h_last)   whole sequences (parallel scan)
+    step(x_t (B, dim), state)      -> (y_t (B, dim), state)      recurrent inference, O(1) memory
+with state = None meaning the initial state (zeros, or the learned one). `engine` passes through to
+the kernels (None: by array type, then $MINCORE_ENGINE).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mincore import cells
+from mincore.autograd import Parameter, Tensor, as_tensor, nn, no_grad, ops, primitive
+from mincore.backend import get_array_module
+
+__all__ = ["min_gru_op", "min_lstm_op", "lru_op", "MinGRU", "MinLSTM", "LRU"]
+
+
+def _split(xp, x, n):
+    """n contiguous (B, T, I) pieces of the last axis of x (the kernels take C-contiguous arrays)."""
+    size = x.shape[-1] // n
+    return [xp.ascontiguousarray(x[..., i * size:(i + 1) * size]) for i in range(n)]
+
+
+def _contig(xp, a):
+    return None if a is None else xp.ascontiguousarray(a)
+
+
+# ------------------------------------------------------------------------------ primitives
+@primitive
+def min_gru_op(kv, h0, *, log_space=False, engine=None):
+    """h = min_gru(k, v, h0) with [k | v] = kv (B, T, 2I): one tape entry, VJP = min_gru_backward."""
+    xp = get_array_module(kv)
+    k, v = _split(xp, kv, 2)
+    h0 = _contig(xp, h0)
+    h = cells.min_gru(k, v, h0, log_space=log_space, engine=engine)
+
+    def min_gru_vjp(g):
+        dk, dv, dh0 = cells.min_gru_backward(k, v, h, xp.ascontiguousarray(g), h0,
+                                             log_space=log_space, engine=engine)
+        return xp.concatenate([dk, dv], axis=-1), dh0
+    return h, min_gru_vjp
+
+
+@primitive
+def min_lstm_op(fiv, h0, *, normalize=True, log_space=False, engine=None):
+    """h = min_lstm(kf, ki, v, h0) with [kf | ki | v] = fiv (B, T, 3I); VJP = min_lstm_backward."""
+    xp = get_array_module(fiv)
+    kf, ki, v = _split(xp, fiv, 3)
+    h0 = _contig(xp, h0)
+    h = cells.min_lstm(kf, ki, v, h0, normalize=normalize, log_space=log_space, engine=engine)
+
+    def min_lstm_vjp(g):
+        dkf, dki, dv, dh0 = cells.min_lstm_backward(kf, ki, v, h, xp.ascontiguousarray(g), h0,
+                                                    normalize=normalize, log_space=log_space, engine=engine)
+        return xp.concatenate([dkf, dki, dv], axis=-1), dh0
+    return h, min_lstm_vjp
+
+
+def _lru_lambda(xp, nu_log, theta_log):
+    """Lambda = exp(-exp(nu_log) + i exp(theta_log)) (Orvieto et al. 2023, sec. 3.3): |Lambda| < 1."""
+    return xp.exp(-xp.exp(nu_log) + 1j * xp.exp(theta_log))
+
+
+@primitive
+def lru_op(bu2, nu_log, theta_log, gamma_log, h0, *, engine=None):
+    """LRU recurrence on real pairs: h_t = Lambda h_{t-1} + gamma (Bu)_t, complex, returned as
+    [Re h | Im h] (B, T, 2N); bu2 = [Re Bu | Im Bu], h0 = [Re h0 | Im h0] (B, 2N) or None.
+
+    VJP (complex gradients as dL/dRe + i dL/dIm, from lru_scan_backward):
+        dBu = gamma dbu,  dgamma_log = gamma sum Re(dbu conj(Bu)),
+        dw = dlam conj(Lambda) for w = -exp(nu_log) + i exp(theta_log), so
+        dnu_log = -exp(nu_log) Re(dw),  dtheta_log = exp(theta_log) Im(dw).
+    """
+    xp = get_array_module(bu2)
+    N = nu_log.shape[0]
+    ctype = np.result_type(bu2.dtype, np.complex64)
+    lam = _lru_lambda(xp, nu_log, theta_log).astype(ctype)
+    gamma = xp.exp(gamma_log)
+    Bu = bu2[..., :N] + 1j * bu2[..., N:]
+    bu = (gamma * Bu).astype(ctype)
+    h0c = None if h0 is None else (h0[..., :N] + 1j * h0[..., N:]).astype(ctype)
+    h = cells.lru_scan(lam, bu, h0c, engine=engine)
+
+    def lru_vjp(g):
+        dh = (g[..., :N] + 1j * g[..., N:]).astype(ctype)
+        dlam, dbu, dh0 = cells.lru_scan_backward(lam, h, dh, h0c, engine=engine)
+        dbu2 = xp.concatenate([dbu.real, dbu.imag], axis=-1) * xp.concatenate([gamma, gamma])
+        dgamma_log = gamma * (dbu * Bu.conj()).real.reshape(-1, N).sum(axis=0)
+        dw = dlam * lam.conj()
+        dnu = (-xp.exp(nu_log) * dw.real).astype(nu_log.dtype)
+        dtheta = (xp.exp(theta_log) * dw.imag).astype(theta_log.dtype)
+        dh02 = None if h0 is None else xp.concatenate([dh0.real, dh0.imag], axis=-1)
+        return dbu2.astype(bu2.dtype), dnu, dtheta, dgamma_log.astype(gamma_log.dtype), dh02
+    return xp.concatenate([h.real, h.imag], axis=-1), lru_vjp
+
+
+# ------------------------------------------------------------------------------ layers
+class _MinRNN(nn.Module):
+    """Shared body: to_hidden (dim -> n_pre * inner), the scan, to_out (inner -> dim, skipped when
+    inner == dim, as in the official code), optional learned initial state."""
+
+    n_pre = 2
+
+    def __init__(self, dim, expansion=1.0, *, log_space=False, learn_h0=False, bias=True, engine=None,
+                 rng=None):
+        rng = rng if rng is not None else np.random.default_rng(0)
+        self.dim, self.inner = dim, int(round(expansion * dim))
+        self.log_space, self.engine = log_space, engine
+        self.to_hidden = nn.Linear(dim, self.n_pre * self.inner, bias=bias, rng=rng)
+        self.to_out = nn.Linear(self.inner, dim, bias=False, rng=rng) if self.inner != dim else None
+        self.h0 = Parameter(np.zeros(self.inner, np.float32), no_decay=True) if learn_h0 else None
+
+    def _h0(self, h0, batch):
+        if h0 is not None:
+            return as_tensor(h0)
+        return None if self.h0 is None else ops.broadcast_to(self.h0, (batch, self.inner))
+
+    def _out(self, h):
+        return self.to_out(h) if self.to_out is not None else h
+
+    def forward(self, x, h0=None):
+        x = as_tensor(x)
+        h0 = self._h0(h0, x.shape[0])
+        h = self._scan(self.to_hidden(x), h0)
+        if x.shape[1] == 0:
+            h_last = h0 if h0 is not None else Tensor(x.xp.zeros((x.shape[0], self.inner), x.dtype))
+        else:
+            h_last = h[:, -1]
+        return self._out(h), h_last
+
+    @no_grad()
+    def step(self, x_t, state=None):
+        x_t = as_tensor(x_t)
+        h_prev = self._h0(state, x_t.shape[0])
+        xp = x_t.xp
+        h_prev = (xp.zeros((x_t.shape[0], self.inner), x_t.dtype) if h_prev is None
+                  else xp.ascontiguousarray(h_prev.data))
+        pre = _split(xp, self.to_hidden(x_t).data, self.n_pre)
+        h = Tensor(self._cell_step(*pre, h_prev))
+        return self._out(h), h
+
+
+class MinGRU(_MinRNN):
+    """minGRU (Feng et al. 2024, sec. 3.1): [k | v] = x W_h + b, z = sigmoid(k), h~ = v (g(v) when
+    log_space), h_t = (1 - z_t) h_{t-1} + z_t h~_t, y = h W_out. Parameters O(2 inner dim)."""
+
+    n_pre = 2
+
+    def _scan(self, kv, h0):
+        return min_gru_op(kv, h0, log_space=self.log_space, engine=self.engine)
+
+    def _cell_step(self, k, v, h_prev):
+        return cells.min_gru_step(k, v, h_prev, log_space=self.log_space)
+
+
+class MinLSTM(_MinRNN):
+    """minLSTM (Feng et al. 2024, sec. 3.2): [kf | ki | v] = x W_h + b, f = sigmoid(kf),
+    i = sigmoid(ki); normalize: f' = f / (f + i), i' = i / (f + i); h_t = f'_t h_{t-1} + i'_t h~_t.
+    As in the released code the forget-gate bias starts at +3 (long memory at init) and
+    `normalize=False` keeps f and i as they are."""
+
+    n_pre = 3
+
+    def __init__(self, dim, expansion=1.0, *, normalize=True, forget_bias=3.0, bias=True, **kw):
+        super().__init__(dim, expansion, bias=bias, **kw)
+        self.normalize = normalize
+        if self.to_hidden.bias is not None:
+            self.to_hidden.bias.data[: self.inner] += np.float32(forget_bias)
+
+    def _scan(self, fiv, h0):
+        return min_lstm_op(fiv, h0, normalize=self.normalize, log_space=self.log_space, engine=self.engine)
+
+    def _cell_step(self, kf, ki, v, h_prev):
+        return cells.min_lstm_step(kf, ki, v, h_prev, normalize=self.normalize, log_space=self.log_space)
+
+
+class LRU(nn.Module):
+    """Linear Recurrent Unit (Orvieto et al. 2023, sec. 3): N = expansion * dim complex states,
+        h_t = Lambda h_{t-1} + gamma (B u_t),  y_t = Re(C h_t) + D u_t.
+    Stored as real arrays: B (dim, 2N) = [Re B^T | Im B^T]; C (2N, dim) = [Re C^T ; -Im C^T] so
+    Re(C h) = [Re h | Im h] @ C; states are real pairs [Re h | Im h] (B, 2N). Ring init (sec. 3.3):
+    |Lambda| uniform on the ring [r_min, r_max], phase in [0, max_phase]; gamma = sqrt(1 - |Lambda|^2)."""
+
+    def __init__(self, dim, expansion=1.0, *, r_min=0.0, r_max=1.0, max_phase=2 * math.pi,
+                 learn_h0=False, engine=None, rng=None):
+        rng = rng if rng is not None else np.random.default_rng(0)
+        N = self.N = int(round(expansion * dim))
+        self.dim, self.engine = dim, engine
+        u1, u2 = rng.uniform(size=N), rng.uniform(size=N)
+        nu = -0.5 * np.log(u1 * (r_max**2 - r_min**2) + r_min**2)
+        theta = max_phase * u2
+        f32 = np.float32
+        self.nu_log = Parameter(np.log(nu).astype(f32), no_decay=True)
+        self.theta_log = Parameter(np.log(theta).astype(f32), no_decay=True)
+        self.gamma_log = Parameter(np.log(np.sqrt(1 - np.exp(-2 * nu))).astype(f32), no_decay=True)
+        B = rng.normal(0, math.sqrt(1 / (2 * dim)), size=(2, N, dim))  # Re, Im ~ N(0, 1/(2H))
+        self.B = Parameter(np.concatenate([B[0].T, B[1].T], axis=1).astype(f32), no_decay=True)
+        C = rng.normal(0, math.sqrt(1 / N), size=(2, dim, N))  # Re, Im ~ N(0, 1/N)
+        self.C = Parameter(np.concatenate([C[0].T, -C[1].T], axis=0).astype(f32))
+        self.D = Parameter(rng.normal(size=dim).astype(f32), no_decay=True)
+        self.h0 = Parameter(np.zeros(2 * N, f32), no_decay=True) if learn_h0 else None
+
+    def lam(self):
+        """Lambda as a complex NumPy/CuPy array (N,)."""
+        return _lru_lambda(self.nu_log.xp, self.nu_log.data, self.theta_log.data)
+
+    def _h0(self, h0, batch):
+        if h0 is not None:
+            return as_tensor(h0)
+        return None if self.h0 is None else ops.broadcast_to(self.h0, (batch, 2 * self.N))
+
+    def forward(self, x, h0=None):
+        x = as_tensor(x)
+        h0 = self._h0(h0, x.shape[0])
+        h = lru_op(ops.linear(x, self.B), self.nu_log, self.theta_log, self.gamma_log, h0,
+                   engine=self.engine)
+        y = ops.linear(h, self.C) + x * self.D
+        if x.shape[1] == 0:
+            return y, h0 if h0 is not None else Tensor(x.xp.zeros((x.shape[0], 2 * self.N), x.dtype))
+        return y, h[:, -1]
+
+    @no_grad()
+    def step(self, x_t, state=None):
+        x_t = as_tensor(x_t)
+        xp, N = x_t.xp, self.N
+        s = self._h0(state, x_t.shape[0])
+        bu2 = x_t.data @ self.B.data
+        bu = xp.exp(self.gamma_log.data) * (bu2[:, :N] + 1j * bu2[:, N:])
+        h = bu if s is None else self.lam() * (s.data[:, :N] + 1j * s.data[:, N:]) + bu
+        h2 = xp.concatenate([h.real, h.imag], axis=-1).astype(x_t.dtype)
+        y = h2 @ self.C.data + x_t.data * self.D.data
+        return Tensor(y), Tensor(h2)
