@@ -256,8 +256,11 @@ def tanh(a):
 
 
 def sigmoid_array(xp, x):
-    """Stable sigmoid(x) = (1 + tanh(x/2)) / 2: one transcendental, no overflow for either sign."""
-    return 0.5 * (xp.tanh(0.5 * x) + 1)
+    """sigmoid(x) from e = exp(-|x|) <= 1: 1/(1+e) for x >= 0, e/(1+e) otherwise (no overflow, full
+    relative precision in both tails)."""
+    e = xp.exp(-xp.abs(x))
+    s = 1 / (1 + e)
+    return xp.where(x >= 0, s, e * s)
 
 
 def sigmoid(a):

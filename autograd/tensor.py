@@ -60,7 +60,7 @@ class Tensor:
         if isinstance(data, Tensor):
             data = data.data
         if not hasattr(data, "dtype") or isinstance(data, np.generic):
-            data = np.asarray(data, dtype=np.float32 if isinstance(data, float) else None)
+            data = np.asarray(data, dtype=np.float32 if type(data) is float else None)
         self.data = data
         self.grad = None
         self.requires_grad = bool(requires_grad)
