@@ -1,0 +1,244 @@
+// mincore GPU scan kernels, part 1: storage/accumulation types and the per-element "cells".
+//
+// Reference (the oracle, mincore/kernels/reference.py):  h_t = a_t h_{t-1} + b_t, and the adjoint
+//   G_t = dh_t + a_{t+1} G_{t+1}, db_t = G_t, da_t = G_t h_{t-1}, dh0 = a_0 G_0.
+// The adjoint is written as a reverse scan of the value c_t = a_t G_t that flows into h_{t-1}:
+//   c_t = a_t c_{t+1} + a_t dh_t   (coefficients at index t only, so chunks need no shifted gates),
+//   G_t = dh_t + c_{t+1},  dh0 = c_0.
+// So every kernel is "a linear scan over u with per-step (a, b)"; a cell says how to get (a, b)
+// from its inputs at one (b, t, d) element (load) and what to write given the incoming state (emit).
+//
+// Types: S = storage (half_t, float, double, cplx<float>, cplx<double>), V = accumulation
+// (float for half/float storage, double for double, complex of the matching precision).
+// No headers: float16 conversion is one PTX instruction each way, so the file compiles the same
+// under NVRTC (CuPy) and nvcc without include paths.
+#pragma once
+
+struct half_t { unsigned short x; };
+
+template <class R> struct cplx { R re, im; };
+template <class R> __device__ __forceinline__ cplx<R> operator*(cplx<R> a, cplx<R> b) {
+  return {a.re * b.re - a.im * b.im, a.re * b.im + a.im * b.re};
+}
+template <class R> __device__ __forceinline__ cplx<R> operator+(cplx<R> a, cplx<R> b) {
+  return {a.re + b.re, a.im + b.im};
+}
+template <class R> __device__ __forceinline__ cplx<R> conj(cplx<R> a) { return {a.re, -a.im}; }
+
+template <class V> __device__ __forceinline__ V vone() { return V(1); }
+template <class V> __device__ __forceinline__ V vzero() { return V(0); }
+template <> __device__ __forceinline__ cplx<float> vone() { return {1.f, 0.f}; }
+template <> __device__ __forceinline__ cplx<float> vzero() { return {0.f, 0.f}; }
+template <> __device__ __forceinline__ cplx<double> vone() { return {1.0, 0.0}; }
+template <> __device__ __forceinline__ cplx<double> vzero() { return {0.0, 0.0}; }
+
+// loads and stores: storage -> accumulation type and back (read-only loads through the nc path)
+__device__ __forceinline__ float ld(const float* p, long long i) { return __ldg(p + i); }
+__device__ __forceinline__ double ld(const double* p, long long i) { return __ldg(p + i); }
+__device__ __forceinline__ float ld(const half_t* p, long long i) {
+  unsigned short h = __ldg(reinterpret_cast<const unsigned short*>(p) + i);
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+  return f;
+}
+template <class R> __device__ __forceinline__ cplx<R> ld(const cplx<R>* p, long long i) { return p[i]; }
+__device__ __forceinline__ void st(float* p, long long i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(double* p, long long i, double v) { p[i] = v; }
+__device__ __forceinline__ void st(half_t* p, long long i, float v) {
+  unsigned short h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+  reinterpret_cast<unsigned short*>(p)[i] = h;
+}
+template <class R> __device__ __forceinline__ void st(cplx<R>* p, long long i, cplx<R> v) { p[i] = v; }
+
+// warp shuffles for the intra-block carry scan (complex: two shuffles)
+__device__ __forceinline__ float shfl_up(float x, int o) { return __shfl_up_sync(0xffffffffu, x, o); }
+__device__ __forceinline__ double shfl_up(double x, int o) { return __shfl_up_sync(0xffffffffu, x, o); }
+template <class R> __device__ __forceinline__ cplx<R> shfl_up(cplx<R> x, int o) {
+  return {shfl_up(x.re, o), shfl_up(x.im, o)};
+}
+
+// ---- gate math (mincore/kernels/gates.py), float and double overloads --------------------------
+__device__ __forceinline__ float ex(float x) { return __expf(x); }  // ~2 ulp, plenty for a gate
+__device__ __forceinline__ double ex(double x) { return exp(x); }
+__device__ __forceinline__ float ab(float x) { return fabsf(x); }
+__device__ __forceinline__ double ab(double x) { return fabs(x); }
+__device__ __forceinline__ float mx0(float x) { return fmaxf(x, 0.f); }
+__device__ __forceinline__ double mx0(double x) { return fmax(x, 0.0); }
+__device__ __forceinline__ float l1p(float x) { return log1pf(x); }
+__device__ __forceinline__ double l1p(double x) { return log1p(x); }
+
+// sigmoid(x) and sigmoid(-x) from one exp of a non-positive argument (no overflow either sign)
+template <class A> __device__ __forceinline__ void sig2(A x, A& s, A& sneg) {
+  A e = ex(-ab(x)), r = A(1) / (A(1) + e);
+  s = x >= A(0) ? r : e * r;
+  sneg = x >= A(0) ? e * r : r;
+}
+template <class A> __device__ __forceinline__ A softplus(A x) { return mx0(x) + l1p(ex(-ab(x))); }
+// h~ = g(v) (log_space, appendix B: v + 0.5 for v >= 0, sigmoid(v) below) or v; dht = dh~/dv
+template <class A> __device__ __forceinline__ void htilde(A v, bool log_space, A& ht, A& dht) {
+  if (!log_space) { ht = v; dht = A(1); return; }
+  A s, sn;
+  sig2(v, s, sn);
+  ht = v >= A(0) ? v + A(0.5) : s;
+  dht = v >= A(0) ? A(1) : s * sn;
+}
+
+enum { LOG_SPACE = 1, NORMALIZE = 2 };
+
+// Pointers and sizes handed to every cell. x*: inputs, y*: outputs, h0: the (B, D) state before t=0.
+template <class S> struct Args {
+  const S *x0, *x1, *x2, *x3, *x4, *h0;
+  S *y0, *y1, *y2;
+  int flags;  // LOG_SPACE | NORMALIZE
+  int D;
+};
+
+// ---- cells: load(args, i, ip, d, step) fills step.a, step.b; emit(args, i, step, s_in) -> s_out --
+// i: flat index of (b, t, d); ip: index of h_{t-1} in x-arrays, or -1 meaning h0[hb] (hb = b*D + d).
+
+template <class S_, class V_> struct ScanFwd {  // x0 = a, x1 = b; y0 = h
+  using S = S_; using V = V_;
+  static constexpr bool HAS_PART = false;
+  struct Step { V a, b; };
+  __device__ static void load(const Args<S>& g, long long i, long long, long long, Step& e) {
+    e.a = ld(g.x0, i); e.b = ld(g.x1, i);
+  }
+  __device__ static V emit(const Args<S>& g, long long i, const Step& e, V s, V&) {
+    V h = e.a * s + e.b;
+    st(g.y0, i, h);
+    return h;
+  }
+};
+
+template <class S_, class V_> struct ScanBwd {  // x0 = a, x1 = h, x2 = dh; y0 = da, y1 = db
+  using S = S_; using V = V_;
+  static constexpr bool HAS_PART = false;
+  struct Step { V a, b, dh, hp; };
+  __device__ static void load(const Args<S>& g, long long i, long long ip, long long hb, Step& e) {
+    e.a = ld(g.x0, i); e.dh = ld(g.x2, i); e.b = e.a * e.dh;
+    e.hp = ip >= 0 ? ld(g.x1, ip) : ld(g.h0, hb);
+  }
+  __device__ static V emit(const Args<S>& g, long long i, const Step& e, V s, V&) {
+    V G = e.dh + s;
+    st(g.y0, i, G * e.hp); st(g.y1, i, G);
+    return e.a * G;
+  }
+};
+
+template <class S_, class V_> struct GruFwd {  // x0 = k, x1 = v; y0 = h
+  using S = S_; using V = V_;
+  static constexpr bool HAS_PART = false;
+  struct Step { V a, b; };
+  __device__ static void load(const Args<S>& g, long long i, long long, long long, Step& e) {
+    V z, ht, dht;
+    sig2(ld(g.x0, i), z, e.a);
+    htilde(ld(g.x1, i), g.flags & LOG_SPACE, ht, dht);
+    e.b = z * ht;
+  }
+  __device__ static V emit(const Args<S>& g, long long i, const Step& e, V s, V&) {
+    V h = e.a * s + e.b;
+    st(g.y0, i, h);
+    return h;
+  }
+};
+
+template <class S_, class V_> struct GruBwd {  // x0 = k, x1 = v, x2 = h, x3 = dh; y0 = dk, y1 = dv
+  using S = S_; using V = V_;
+  static constexpr bool HAS_PART = false;
+  struct Step { V a, b, z, ht, dht, dh, hp; };
+  __device__ static void load(const Args<S>& g, long long i, long long ip, long long hb, Step& e) {
+    sig2(ld(g.x0, i), e.z, e.a);
+    htilde(ld(g.x1, i), g.flags & LOG_SPACE, e.ht, e.dht);
+    e.dh = ld(g.x3, i); e.b = e.a * e.dh;
+    e.hp = ip >= 0 ? ld(g.x2, ip) : ld(g.h0, hb);
+  }
+  __device__ static V emit(const Args<S>& g, long long i, const Step& e, V s, V&) {
+    V G = e.dh + s;  // db = G, da = G h_{t-1}; a = 1 - z, b = z h~, dz/dk = z (1 - z)
+    st(g.y0, i, G * (e.ht - e.hp) * e.z * e.a);
+    st(g.y1, i, G * e.z * e.dht);
+    return e.a * G;
+  }
+};
+
+// minLSTM gates: normalize uses diff = softplus(-kf) - softplus(-ki), f' = sigmoid(-diff), i' = sigmoid(diff)
+template <class V> __device__ __forceinline__ void lstm_gates(V kf, V ki, int flags, V& a, V& ig, V& f,
+                                                              V& fn, V& i, V& in) {
+  sig2(kf, f, fn);
+  sig2(ki, i, in);
+  if (flags & NORMALIZE) { sig2(softplus(-kf) - softplus(-ki), ig, a); }
+  else { a = f; ig = i; }
+}
+
+template <class S_, class V_> struct LstmFwd {  // x0 = kf, x1 = ki, x2 = v; y0 = h
+  using S = S_; using V = V_;
+  static constexpr bool HAS_PART = false;
+  struct Step { V a, b; };
+  __device__ static void load(const Args<S>& g, long long i, long long, long long, Step& e) {
+    V ig, f, fn, ii, in, ht, dht;
+    lstm_gates(ld(g.x0, i), ld(g.x1, i), g.flags, e.a, ig, f, fn, ii, in);
+    htilde(ld(g.x2, i), g.flags & LOG_SPACE, ht, dht);
+    e.b = ig * ht;
+  }
+  __device__ static V emit(const Args<S>& g, long long i, const Step& e, V s, V&) {
+    V h = e.a * s + e.b;
+    st(g.y0, i, h);
+    return h;
+  }
+};
+
+template <class S_, class V_> struct LstmBwd {  // x0..x4 = kf, ki, v, h, dh; y0..y2 = dkf, dki, dv
+  using S = S_; using V = V_;
+  static constexpr bool HAS_PART = false;
+  struct Step { V a, b, ig, fn, in, ht, dht, dh, hp; };
+  __device__ static void load(const Args<S>& g, long long i, long long ip, long long hb, Step& e) {
+    V f, ii;
+    lstm_gates(ld(g.x0, i), ld(g.x1, i), g.flags, e.a, e.ig, f, e.fn, ii, e.in);
+    htilde(ld(g.x2, i), g.flags & LOG_SPACE, e.ht, e.dht);
+    e.dh = ld(g.x4, i); e.b = e.a * e.dh;
+    e.hp = ip >= 0 ? ld(g.x3, ip) : ld(g.h0, hb);
+  }
+  __device__ static V emit(const Args<S>& g, long long i, const Step& e, V s, V&) {
+    V G = e.dh + s, da = G * e.hp;
+    if (g.flags & NORMALIZE) {  // d f'/d diff = -f' i', d i'/d diff = f' i'
+      V dd = e.a * e.ig * (G * e.ht - da);
+      st(g.y0, i, -e.fn * dd); st(g.y1, i, e.in * dd);
+    } else {
+      st(g.y0, i, da * e.a * e.fn); st(g.y1, i, G * e.ht * e.ig * e.in);
+    }
+    st(g.y2, i, G * e.ig * e.dht);
+    return e.a * G;
+  }
+};
+
+template <class S_> struct LruFwd {  // complex; x0 = lam (D,), x1 = bu; y0 = h
+  using S = S_; using V = S_;
+  static constexpr bool HAS_PART = false;
+  struct Step { V a, b; };
+  __device__ static void load(const Args<S>& g, long long i, long long, long long hb, Step& e) {
+    e.a = g.x0[hb % g.D]; e.b = g.x1[i];
+  }
+  __device__ static V emit(const Args<S>& g, long long i, const Step& e, V s, V&) {
+    V h = e.a * s + e.b;
+    g.y0[i] = h;
+    return h;
+  }
+};
+
+// PyTorch's convention (dL/dRe + i dL/dIm): G_t = dh_t + conj(lam) G_{t+1}, dbu = G,
+// dlam = sum_{b,t} G_t conj(h_{t-1}) (per-thread partial sums, reduced by the launcher), dh0 = conj(lam) G_0
+template <class S_> struct LruBwd {  // x0 = lam, x1 = h, x2 = dh; y0 = dbu
+  using S = S_; using V = S_;
+  static constexpr bool HAS_PART = true;
+  struct Step { V a, b, dh, hp; };
+  __device__ static void load(const Args<S>& g, long long i, long long ip, long long hb, Step& e) {
+    e.a = conj(g.x0[hb % g.D]); e.dh = g.x2[i]; e.b = e.a * e.dh;
+    e.hp = conj(ip >= 0 ? g.x1[ip] : g.h0[hb]);
+  }
+  __device__ static V emit(const Args<S>& g, long long i, const Step& e, V s, V& part) {
+    V G = e.dh + s;
+    part = part + G * e.hp;
+    g.y0[i] = G;
+    return e.a * G;
+  }
+};
