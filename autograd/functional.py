@@ -112,9 +112,15 @@ def dropout(x: Tensor, p: float, rng=None, training: bool = True):
         u = rng.random(x.shape, dtype=np.float32)
     else:
         u = xp.random.default_rng(int(rng.integers(2**63))).random(x.shape, dtype=xp.float32)
-    mask = (u >= p).astype(x.dtype)
-    mask *= 1.0 / (1.0 - p)
-    return record(x.data * mask, (x,), lambda g: (g * mask,))
+    keep, scale = u >= p, 1.0 / (1.0 - p)  # a boolean mask: 1 byte per element kept for backward
+    out = x.data * keep
+    out *= scale
+
+    def dropout_vjp(g):
+        gx = g * keep
+        gx *= scale
+        return (gx,)
+    return record(out, (x,), dropout_vjp)
 
 
 def causal_conv1d(x: Tensor, w: Tensor, b: Tensor | None = None, prefix=None):

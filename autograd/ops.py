@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 
 from .tensor import Tensor, as_tensor, record
 
@@ -93,6 +94,11 @@ def pow(a, b):
 
 
 # ------------------------------------------------------------------------------ matrix products
+# every matrix product goes through _mm (the C operator itself, no Python frame), so a profiler can
+# swap in a timed version: benchmarks/profile_step.py
+_mm = operator.matmul
+
+
 def _swap(x):
     return x.swapaxes(-1, -2)
 
@@ -105,18 +111,18 @@ def matmul(a, b):
         raise ValueError(f"matmul: expected arrays of >= 2 dims, got shapes {x.shape} and {y.shape}")
     if y.ndim == 2 and x.ndim > 2:
         x2 = x.reshape(-1, x.shape[-1])
-        out = (x2 @ y).reshape(*x.shape[:-1], y.shape[1])
+        out = _mm(x2, y).reshape(*x.shape[:-1], y.shape[1])
 
         def matmul2d_vjp(g):
             g2 = g.reshape(-1, g.shape[-1])
-            return ((g2 @ y.T).reshape(x.shape) if a.requires_grad else None,
-                    x2.T @ g2 if b.requires_grad else None)
+            return (_mm(g2, y.T).reshape(x.shape) if a.requires_grad else None,
+                    _mm(x2.T, g2) if b.requires_grad else None)
         return record(out, (a, b), matmul2d_vjp)
 
     def matmul_vjp(g):
-        return (unbroadcast(g @ _swap(y), x.shape) if a.requires_grad else None,
-                unbroadcast(_swap(x) @ g, y.shape) if b.requires_grad else None)
-    return record(x @ y, (a, b), matmul_vjp)
+        return (unbroadcast(_mm(g, _swap(y)), x.shape) if a.requires_grad else None,
+                unbroadcast(_mm(_swap(x), g), y.shape) if b.requires_grad else None)
+    return record(_mm(x, y), (a, b), matmul_vjp)
 
 
 def linear(x, w, b=None):
@@ -124,15 +130,15 @@ def linear(x, w, b=None):
     x = as_tensor(x)
     xd, wd = x.data, w.data
     x2 = xd.reshape(-1, xd.shape[-1])
-    out = x2 @ wd
+    out = _mm(x2, wd)
     if b is not None:
         out += b.data
     inputs = (x, w) if b is None else (x, w, b)
 
     def linear_vjp(g):
         g2 = g.reshape(-1, g.shape[-1])
-        dx = (g2 @ wd.T).reshape(xd.shape) if x.requires_grad else None
-        dw = x2.T @ g2 if w.requires_grad else None
+        dx = _mm(g2, wd.T).reshape(xd.shape) if x.requires_grad else None
+        dw = _mm(x2.T, g2) if w.requires_grad else None
         return (dx, dw) if b is None else (dx, dw, g2.sum(axis=0) if b.requires_grad else None)
     return record(out.reshape(*xd.shape[:-1], wd.shape[1]), inputs, linear_vjp)
 
