@@ -23,8 +23,8 @@ import functools
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -55,7 +55,7 @@ def _probe_always() -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _probe_numba() -> str | None:
     try:
         import numba  # noqa: F401
@@ -64,7 +64,7 @@ def _probe_numba() -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _probe_cupy() -> str | None:
     try:
         import cupy
@@ -87,7 +87,7 @@ def _probe_cupy() -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _probe_numba_cuda() -> str | None:
     try:
         from numba import config, cuda
@@ -165,7 +165,7 @@ def engines() -> dict[str, dict]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(name: str):
     return importlib.import_module(_ENGINES[name].module)
 
