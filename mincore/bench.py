@@ -1,0 +1,171 @@
+"""Kernel benchmarks: time against the machine's own memory bandwidth, measured in the same run.
+
+Effective bandwidth = minimal bytes / time. Minimal bytes for min_gru on (B, T, D): forward reads
+k, v and writes h (3 values per element), backward reads k, v, h, dh and writes dk, dv (6), so
+forward+backward moves 9 values per element. "copy" is a parallel read+write of a buffer as large as
+one (B, T, D) array, counting bytes read plus bytes written; a kernel at 100% moves its minimal
+bytes as fast as a copy moves bytes. Times are medians; copy and kernels are interleaved so that a
+noisy neighbour affects both.
+
+CPU copy: a numba prange copy (the same threads and store instructions as the kernels).
+GPU copy: CuPy device-to-device copy timed with CUDA events.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+
+from . import cells
+
+SHAPES_CPU = ((64, 512, 256), (64, 4096, 256), (8, 65536, 64))
+SHAPES_GPU = ((64, 512, 256), (64, 4096, 256), (8, 65536, 256), (512, 64, 256))
+VALUES = {"fwd": 3, "bwd": 6, "fwd+bwd": 9}
+
+
+def _cpu_copy():
+    from numba import njit, prange
+
+    @njit(parallel=True, nogil=True)
+    def copy(x, out):
+        n = x.size
+        chunks = 1024
+        for c in prange(chunks):
+            s, e = c * n // chunks, (c + 1) * n // chunks
+            xs, os_ = x[s:e], out[s:e]
+            for i in range(xs.size):
+                os_[i] = xs[i]
+
+    return copy
+
+
+def _timer(xp):
+    """(sync, clock): a host clock for NumPy, CUDA-synchronised for CuPy."""
+    if xp is np:
+        return (lambda: None), time.perf_counter
+    return xp.cuda.Device().synchronize, time.perf_counter
+
+
+def median_time(fn, repeats: int, sync=lambda: None, clock=time.perf_counter) -> float:
+    fn()
+    sync()
+    ts = []
+    for _ in range(repeats):
+        t0 = clock()
+        fn()
+        sync()
+        ts.append(clock() - t0)
+    return statistics.median(ts)
+
+
+def _inputs(xp, shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal(shape, dtype=np.float64).astype(dtype) for _ in range(3)]
+    return [xp.asarray(a) for a in arrays]
+
+
+def bench_min_gru(xp, shape, engines, *, dtype=np.float32, repeats=5, log_space=False, torch=True):
+    """Rows of {engine, shape, pass, ms, GB/s, % of copy} for min_gru on `shape`."""
+    k, v, dh = _inputs(xp, shape, dtype)
+    n_bytes = k.nbytes
+    sync, clock = _timer(xp)
+    if xp is np:
+        copy = _cpu_copy()
+        src, dst = k.reshape(-1), np.empty_like(k).reshape(-1)
+
+        def do_copy():
+            copy(src, dst)
+    else:
+        src, dst = k.reshape(-1), xp.empty_like(k).reshape(-1)
+
+        def do_copy():
+            dst[...] = src
+
+    copies = []
+    rows = []
+
+    def record(name, fwd, bwd, bwd_includes_fwd=False):
+        copies.append(median_time(do_copy, repeats, sync, clock))
+        t = {"fwd": median_time(fwd, repeats, sync, clock), "bwd": median_time(bwd, repeats, sync, clock)}
+        if bwd_includes_fwd:  # eager torch cannot run a backward without its forward
+            t["fwd+bwd"], t["bwd"] = t["bwd"], t["bwd"] - t["fwd"]
+        else:
+            t["fwd+bwd"] = t["fwd"] + t["bwd"]
+        copies.append(median_time(do_copy, repeats, sync, clock))
+        for p, sec in t.items():
+            rows.append({"engine": name, "shape": tuple(shape), "dtype": np.dtype(dtype).name, "pass": p,
+                         "ms": sec * 1e3, "GB/s": VALUES[p] * n_bytes / sec / 1e9})
+
+    for eng in engines:
+        h = cells.min_gru(k, v, log_space=log_space, engine=eng)
+        record(eng, lambda e=eng: cells.min_gru(k, v, log_space=log_space, engine=e),
+               lambda e=eng, h=h: cells.min_gru_backward(k, v, h, dh, log_space=log_space, engine=e))
+        del h
+    if torch:
+        for name, fwd, bwd in _torch_baselines(xp, k, v, dh):
+            record(name, fwd, bwd, bwd_includes_fwd=True)
+    copy_bw = 2 * n_bytes / statistics.median(copies) / 1e9
+    for r in rows:
+        r["copy GB/s"] = copy_bw
+        r["% of copy"] = 100 * r["GB/s"] / copy_bw
+    return rows
+
+
+def _torch_baselines(xp, k, v, dh):
+    """The paper's PyTorch log-space minGRU (appendix B listing) on the same k, v, and nn.GRU with
+    hidden size D on input v (its input projection is part of its work; minGRU's is not counted)."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    dev = "cpu" if xp is np else "cuda"
+    if dev == "cuda" and not torch.cuda.is_available():
+        return []
+    F = torch.nn.functional
+    tk, tv, tdh = (torch.as_tensor(a, device=dev) for a in (k, v, dh))
+
+    def log_g(x):
+        return torch.where(x >= 0, (F.relu(x) + 0.5).log(), -F.softplus(-x))
+
+    def minGRU_log(kk, vv):  # Feng et al. 2024, appendix B (h0 = 0: log h0 = -inf, dropped)
+        log_coeffs, log_values = -F.softplus(kk), -F.softplus(-kk) + log_g(vv)
+        a_star = torch.cumsum(log_coeffs, dim=1)
+        return torch.exp(a_star + torch.logcumsumexp(log_values - a_star, dim=1))
+
+    kg, vg = tk.clone().requires_grad_(), tv.clone().requires_grad_()
+    out = {}
+
+    def log_fwd():
+        with torch.no_grad():
+            minGRU_log(tk, tv)
+
+    def log_bwd():
+        out["h"] = minGRU_log(kg, vg)
+        out["h"].backward(tdh)
+
+    rows = [("torch-logspace", log_fwd, log_bwd)]
+    B, T, D = k.shape
+    if T * B <= 64 * 4096:  # nn.GRU is sequential: skip the shapes where it takes minutes
+        gru = torch.nn.GRU(D, D, batch_first=True).to(device=dev, dtype=tk.dtype)
+
+        def gru_fwd():
+            with torch.no_grad():
+                gru(tv)
+
+        def gru_bwd():
+            y, _ = gru(vg)
+            y.backward(tdh)
+
+        rows.append(("torch-nn.GRU", gru_fwd, gru_bwd))
+    return rows
+
+
+def format_rows(rows) -> str:
+    head = "| engine | (B, T, D) | dtype | pass | ms | GB/s | % of copy | copy GB/s |"
+    lines = [head, "|" + "---|" * 8]
+    for r in rows:
+        lines.append(f"| {r['engine']} | {r['shape']} | {r['dtype']} | {r['pass']} | {r['ms']:.1f} | "
+                     f"{r['GB/s']:.1f} | {r['% of copy']:.0f}% | {r['copy GB/s']:.1f} |")
+    return "\n".join(lines)
