@@ -13,6 +13,8 @@ import itertools
 import math
 import operator
 
+import numpy as np
+
 from .tensor import Tensor, as_tensor, record
 
 __all__ = ["unbroadcast", "add", "sub", "mul", "div", "neg", "pow", "matmul", "linear", "sum", "mean",
@@ -32,7 +34,7 @@ def unbroadcast(g, shape):
 
 def _pair(a, b):
     if isinstance(a, Tensor):
-        return a, as_tensor(b, like=a)
+        return a, as_tensor(b, like=a)  # as_tensor refuses to mix NumPy and CuPy arrays
     b = as_tensor(b)
     return as_tensor(a, like=b), b
 
@@ -202,12 +204,19 @@ def transpose(a, *axes):
 
 
 def _scatter_add(xp, target, index, values):
-    if hasattr(xp.add, "at"):
-        xp.add.at(target, index, values)
-    else:  # older CuPy
+    """target[index] += values, accumulating repeated indices (np.add.at / cupyx.scatter_add)."""
+    if xp.__name__ == "numpy":
+        np.add.at(target, index, values)
+    else:
         import cupyx
 
         cupyx.scatter_add(target, index, values)
+
+
+def _is_basic(index) -> bool:
+    """True for indices made of ints, slices, None and Ellipsis only (no repeats possible)."""
+    items = index if isinstance(index, tuple) else (index,)
+    return all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in items)
 
 
 def getitem(a, index):
@@ -215,9 +224,14 @@ def getitem(a, index):
     index = tuple(i.data if isinstance(i, Tensor) else i for i in index) if isinstance(index, tuple) \
         else (index.data if isinstance(index, Tensor) else index)
 
+    basic = _is_basic(index)
+
     def getitem_vjp(g):
         gx = a.xp.zeros(a.shape, dtype=g.dtype)
-        _scatter_add(a.xp, gx, index, g)
+        if basic:
+            gx[index] = g
+        else:
+            _scatter_add(a.xp, gx, index, g)
         return (gx,)
     return record(a.data[index], (a,), getitem_vjp)
 

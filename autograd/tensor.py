@@ -134,8 +134,8 @@ class Tensor:
                 else:
                     k = id(x)
                     grads[k] = gx if k not in grads else grads[k] + gx
-            if not retain_graph:
-                node._vjp = None
+            if not retain_graph:  # free the saved arrays and the links that keep activations alive
+                node._vjp, node._inputs = None, ()
         if self._seq < 0:  # backward on a leaf itself
             self.grad = grad if self.grad is None else self.grad + grad
 

@@ -112,3 +112,21 @@ def test_tensor_constructor_and_repr():
     assert tensor([1.0], dtype=np.float64).dtype == np.float64
     with pytest.raises(ValueError, match="not a scalar"):
         t.item()
+
+
+def test_backward_releases_saved_state():
+    x = leaf(3)
+    mid = x.exp()
+    loss = (mid * mid).sum()
+    loss.backward()
+    assert loss._vjp is None and loss._inputs == () and mid._inputs == ()
+
+
+def test_getitem_basic_and_repeated_advanced_indices():
+    x = leaf(4, 2)
+    (x[1:3, -1].sum() + x[np.array([0, 0, 3])].sum()).backward()
+    want = np.zeros((4, 2))
+    want[1:3, -1] += 1
+    want[0] += 2
+    want[3] += 1
+    np.testing.assert_array_equal(x.grad, want)
