@@ -2,6 +2,7 @@
 
     Tensor, Parameter, no_grad        tensor.py: the tape and backward()
     ops (+ - * / ** matmul ...)       ops.py: primitives with their VJPs, one `unbroadcast`
+                                      (activations in elementwise.py, re-exported by ops)
     F (functional)                    functional.py: fused norms, conv, dropout, losses, `primitive`
     nn                                nn.py: Module, Linear, Embedding, norms, CausalConv1d, MLP, GLU
     optim                             optim.py: Adam, AdamW, clip_grad_norm, schedules
