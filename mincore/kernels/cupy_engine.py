@@ -80,21 +80,30 @@ def set_plan_override(**kw) -> None:
 
 
 def launch(cell, xs, ys, h0, s0, yfin, part, shape, rev, flags):
+    """Run one cell on CuPy arrays on the current device and stream (see gpu_common.make_api)."""
     import cupy
 
+    dev = cupy.cuda.Device().id
+    run_cell(cell, xs, ys, h0, s0, yfin, part, shape, rev, flags, xp=cupy, n_sm=_n_sm(dev),
+             kernels=lambda c, dt: _kernels(dev, c, dt))
+
+
+def run_cell(cell, xs, ys, h0, s0, yfin, part, shape, rev, flags, *, xp, n_sm, kernels):
+    """The launch sequence, independent of where the kernels come from: `kernels(cell, dtype_name)`
+    returns (scan, carry) callables with CuPy's RawKernel signature k(grid, block, args, shared_mem=)
+    (the host emulation in tests/cuda_emulation.py passes NumPy arrays and its own callables)."""
     B, T, D = shape
     dtype = ys[0].dtype
     acc = gpu_common.acc_dtype(dtype)
-    dev = cupy.cuda.Device().id
-    p = gpu_common.plan(B, T, D, gpu_common.steps_per_thread(acc), _n_sm(dev), **_override)
-    scan_k, carry_k = _kernels(dev, cell, dtype.name)
-    dummy_v = cupy.empty(1, dtype=acc)
+    p = gpu_common.plan(B, T, D, gpu_common.steps_per_thread(acc), n_sm, **_override)
+    scan_k, carry_k = kernels(cell, dtype.name)
+    dummy_v = xp.empty(1, dtype=acc)
     x = list(xs) + [xs[0]] * (5 - len(xs))
     y = list(ys) + [ys[0]] * (3 - len(ys))
     if part is not None:
-        part.append(cupy.empty((B, p.C, p.nseg, D), dtype=acc))
+        part.append(xp.empty((B, p.C, p.nseg, D), dtype=acc))
     pv = part[0] if part is not None else dummy_v
-    cA, cB = ((cupy.empty((B, p.C, D), dtype=acc), cupy.empty((B, p.C, D), dtype=acc)) if p.C > 1
+    cA, cB = ((xp.empty((B, p.C, D), dtype=acc), xp.empty((B, p.C, D), dtype=acc)) if p.C > 1
               else (dummy_v, dummy_v))
     fin = yfin if yfin is not None else s0
     grid, block, smem = p.grid(B, D), p.block(), p.shared_bytes(acc.itemsize)

@@ -37,16 +37,24 @@ __device__ __forceinline__ float ld(const float* p, long long i) { return __ldg(
 __device__ __forceinline__ double ld(const double* p, long long i) { return __ldg(p + i); }
 __device__ __forceinline__ float ld(const half_t* p, long long i) {
   unsigned short h = __ldg(reinterpret_cast<const unsigned short*>(p) + i);
+#ifdef MINCORE_HOST_EMULATION  // tests/cuda_emulation.py runs these kernels on the CPU
+  return static_cast<float>(__builtin_bit_cast(_Float16, h));
+#else
   float f;
   asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
   return f;
+#endif
 }
 template <class R> __device__ __forceinline__ cplx<R> ld(const cplx<R>* p, long long i) { return p[i]; }
 __device__ __forceinline__ void st(float* p, long long i, float v) { p[i] = v; }
 __device__ __forceinline__ void st(double* p, long long i, double v) { p[i] = v; }
 __device__ __forceinline__ void st(half_t* p, long long i, float v) {
+#ifdef MINCORE_HOST_EMULATION
+  unsigned short h = __builtin_bit_cast(unsigned short, static_cast<_Float16>(v));
+#else
   unsigned short h;
   asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+#endif
   reinterpret_cast<unsigned short*>(p)[i] = h;
 }
 template <class R> __device__ __forceinline__ void st(cplx<R>* p, long long i, cplx<R> v) { p[i] = v; }
