@@ -173,3 +173,13 @@ def test_host_arrays_are_refused(engine):
     k = np.zeros((1, 4, 8), np.float32)
     with pytest.raises(TypeError, match="cupy.asarray"):
         mincore.min_gru(k, k, engine=engine)
+
+
+def test_gpu_bench_rows():
+    from mincore.bench_gpu import gpu_bench, markdown
+
+    rows = gpu_bench([(4, 256, 64)], repeats=3, torch=False)
+    assert {(r["engine"], r["pass"]) for r in rows} == {(e, p) for e in GPU_ENGINES
+                                                       for p in ("fwd", "bwd", "fwd+bwd")}
+    assert all(r["ms"] > 0 and r["copy GB/s"] > 0 for r in rows)
+    assert "| cupy |" in markdown(rows)
