@@ -166,7 +166,15 @@ def main(argv=None):
     ap.add_argument("--linear", action="store_true", help="h~ = v instead of g(v) (log_space=False)")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--plan", help="force the launch plan of both engines, e.g. dpb=16,nseg=16,C=1 "
+                    "(a sweep over plans tunes gpu_common.plan on a new device)")
     a = ap.parse_args(argv)
+    if a.plan:
+        from .kernels import cupy_engine, numba_cuda
+
+        kw = {k: int(v) for k, v in (item.split("=") for item in a.plan.split(","))}
+        cupy_engine.set_plan_override(**kw)
+        numba_cuda.set_plan_override(**kw)
     shapes = [tuple(int(x) for x in s.split(",")) for s in a.shape] if a.shape else SHAPES
     rows = gpu_bench(shapes, a.engine or ENGINES, dtype=a.dtype, repeats=a.repeats,
                      log_space=not a.linear, torch=not a.no_torch)

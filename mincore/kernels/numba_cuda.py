@@ -14,6 +14,7 @@ Results come back as arrays of the input's module.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -26,6 +27,12 @@ from .numba_cuda_cells import lru_cells, real_cells
 
 DTYPES = ("float32", "float64")
 MAXS, MAXW = 32, 33  # static shared tiles: nseg <= 32 segments x (dpb <= 32) + 1 channels
+
+
+def _max_segments(itemsize: int) -> int:
+    """Static shared memory is capped at 48 KB: 2 arrays x 2 buffers x nseg x 33 values fit for
+    nseg = 32 up to 8-byte values (34 KB); complex128 gets 16 segments."""
+    return MAXS if itemsize <= 8 else MAXS // 2
 _override: dict = {}
 
 
@@ -39,6 +46,7 @@ def set_plan_override(**kw) -> None:
 def _kernels(cell: str, vname: str):
     """(scan kernel, carry kernel) for one cell and accumulation dtype (see scan_kernels.cu)."""
     vdt = np.dtype(vname).type
+    maxs = _max_segments(np.dtype(vname).itemsize)
     coef, emit = (lru_cells(vdt) if cell.startswith("Lru") else real_cells(vdt))[cell]
     one, zero = vdt(1), vdt(0)
     has_part = cell == "LruBwd"
@@ -55,8 +63,8 @@ def _kernels(cell: str, vname: str):
         hb, cb = b * D + d, (b * C + c) * D + d
         u_begin = c * L
         u_end = min(T, u_begin + L)
-        shA = cuda.shared.array((2, MAXS, MAXW), vdt)  # double-buffered by tile parity
-        shB = cuda.shared.array((2, MAXS, MAXW), vdt)
+        shA = cuda.shared.array((2, maxs, MAXW), vdt)  # double-buffered by tile parity
+        shB = cuda.shared.array((2, maxs, MAXW), vdt)
         carS = cuda.shared.array(MAXW, vdt)
         carP = cuda.shared.array(MAXW, vdt)
         s, P, acc = zero, one, zero
@@ -152,11 +160,15 @@ def launch(cell, xs, ys, h0, s0, yfin, part, shape, rev, flags):
     xp = get_array_module(ys[0])
     acc = gpu_common.acc_dtype(ys[0].dtype)
     p = gpu_common.plan(B, T, D, gpu_common.steps_per_thread(acc), _n_sm(), **_override)
-    assert p.dpb <= MAXW - 1 and p.nseg <= MAXS, p
+    if p.nseg > _max_segments(acc.itemsize):  # correct for any nseg: the last tile may be partial
+        p = dataclasses.replace(p, nseg=_max_segments(acc.itemsize))
+    if p.dpb > MAXW - 1:
+        raise ValueError(f"numba-cuda: at most {MAXW - 1} channels per block, plan has {p}")
     if xp is np:
         stream, dev = 0, (lambda a: a.reshape(-1))
     else:
-        stream = cuda.external_stream(xp.cuda.get_current_stream().ptr)
+        ptr = xp.cuda.get_current_stream().ptr
+        stream = cuda.external_stream(ptr) if ptr else cuda.default_stream()  # 0: legacy default
 
         def dev(a):  # no implicit stream sync: launches are ordered on the current CuPy stream
             a = a.reshape(-1)
