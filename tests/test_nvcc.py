@@ -3,6 +3,8 @@
 Runs wherever `nvcc` is on PATH (it is on the development machines); skips only where it is not.
 Each .cu file compiles on its own, and the exact translation unit CuPy hands to NVRTC compiles with
 every kernel instance the "cupy" engine can ask for (taking each instance's address forces it).
+Where a libnvrtc is also found (toolkit lib64, the nvidia-cuda-nvrtc wheel, $MINCORE_NVRTC), NVRTC
+itself compiles that source with every name expression, as CuPy will at run time.
 """
 
 from __future__ import annotations
@@ -40,3 +42,57 @@ def test_every_engine_instance_compiles(tmp_path):
                    + "".join(f"  (void*)&{e},\n" for e in exprs) + "};\n")
     r = _nvcc(src, tmp_path / "instances.cubin", "-cubin", "-Xptxas", "-warn-spills")
     assert "error" not in r.stderr.lower(), r.stderr
+
+
+def _find_nvrtc():
+    """libnvrtc from $MINCORE_NVRTC, the CUDA toolkit, the nvidia-cuda-nvrtc wheel, or the loader."""
+    import ctypes.util
+    import glob
+    import os
+
+    roots = [os.environ.get("CUDA_HOME", ""), str(Path(NVCC or "/x/x/x").resolve().parent.parent)]
+    pats = [os.environ.get("MINCORE_NVRTC", "")] + [f"{r}/lib64/libnvrtc.so*" for r in roots if r]
+    try:
+        import nvidia
+
+        pats += [f"{p}/cu*/lib/libnvrtc.so*" for p in nvidia.__path__] + \
+            [f"{p}/cuda_nvrtc/lib/libnvrtc.so*" for p in nvidia.__path__]
+    except ImportError:
+        pass
+    for pat in filter(None, pats):
+        hits = sorted(h for h in glob.glob(pat) if "builtins" not in h and ".alt." not in h)
+        if hits:
+            return hits[0]
+    return ctypes.util.find_library("nvrtc")
+
+
+def test_nvrtc_compiles_every_instance():
+    """What CuPy does at run time, without a device: NVRTC on cupy_engine.source() with every name
+    expression. Skips where no libnvrtc is found (pip install nvidia-cuda-nvrtc, or MINCORE_NVRTC)."""
+    import ctypes
+    import glob
+
+    path = _find_nvrtc()
+    if path is None:
+        pytest.skip("libnvrtc not found")
+    for b in glob.glob(str(Path(path).parent / "libnvrtc-builtins.so*")):  # dlopen'ed by soname
+        if ".alt." not in b:
+            ctypes.CDLL(b, mode=ctypes.RTLD_GLOBAL)
+    lib = ctypes.CDLL(path)
+    prog = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), cupy_engine.source().encode(), b"mincore.cu",
+                                  0, None, None) == 0
+    names = cupy_engine.all_name_expressions()
+    for n in names:
+        assert lib.nvrtcAddNameExpression(prog, n.encode()) == 0
+    opts = [f"-arch={ARCH}".encode(), b"-std=c++17"]
+    rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(prog, log)
+    assert rc == 0, f"NVRTC failed ({rc}):\n{log.value.decode()}"
+    for n in names:
+        lowered = ctypes.c_char_p()
+        assert lib.nvrtcGetLoweredName(prog, n.encode(), ctypes.byref(lowered)) == 0 and lowered.value, n
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
