@@ -130,3 +130,18 @@ def test_identities():
         _close(nc.scan(np.zeros_like(b), b, h0), b, np.float64)
     finally:
         nc.set_plan_override()
+
+
+def test_public_api_under_the_simulator():
+    """mincore.* with engine="numba-cuda" takes NumPy arrays when the simulator is on, and returns
+    NumPy arrays; mincore.engines() reports the engine as available."""
+    import mincore
+
+    assert mincore.engines()["numba-cuda"]["available"]
+    (k, v, dh), h0 = _inputs((2, 33, 4), np.float64, seed=6, n=3)
+    h = mincore.min_gru(k, v, h0, log_space=True, engine="numba-cuda")
+    assert isinstance(h, np.ndarray)
+    _close(h, ref.min_gru(k, v, h0, True), np.float64)
+    got = mincore.min_gru_backward(k, v, h, dh, h0, log_space=True, engine="numba-cuda")
+    for g, w in zip(got, ref.min_gru_backward(k, v, h, dh, h0, True), strict=True):
+        _close(g, w, np.float64)
