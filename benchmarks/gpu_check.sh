@@ -38,4 +38,15 @@ echo "## benchmark (CUDA events, median of $REPEATS; copy bandwidth measured in 
 $PY -m mincore.bench_gpu --repeats "$REPEATS" --json "$OUT/gpu_bench.json" | tee "$OUT/gpu_bench.md"
 BENCH_RC=${PIPESTATUS[0]}
 echo "bench exit code: $BENCH_RC"
+
+if [ "${QUICK:-0}" != 1 ]; then
+  echo "## plan sweep (cupy, fwd+bwd rows only): tune mincore/kernels/gpu_common.plan from this"
+  for shape in 8,65536,256 64,4096,256; do
+    for plan in dpb=8,nseg=32 dpb=16,nseg=16 dpb=32,nseg=8 dpb=16,nseg=8 dpb=32,nseg=4 dpb=32,nseg=1; do
+      echo "plan $plan"
+      $PY -m mincore.bench_gpu --shape $shape --engine cupy --no-torch --repeats 20 --plan $plan,C=1 \
+        | grep "fwd+bwd"
+    done
+  done 2>&1 | tee "$OUT/gpu_plan_sweep.md"
+fi
 exit $(( TEST_RC != 0 || BENCH_RC != 0 ))
