@@ -1,10 +1,10 @@
 // mincore GPU scan kernels, part 2: the scan skeleton shared by every cell (llm.c dev/cuda style:
 // reference -> kernel -> launcher; the reference is mincore/kernels/reference.py, the launcher
-// mincore/kernels/cupy_engine.py, which also documents how the block shape is chosen).
+// mincore/kernels/cupy_engine.py; the block shape is chosen by shape in gpu_common.plan).
 //
 // Layout (B, T, D), D contiguous. Block = (dpb channels) x (nseg time segments); thread (dl, seg)
-// owns channel d = (blockIdx.x % nd) * dpb + dl of batch b = blockIdx.x / nd. The T range [c*L, c*L + L) of
-// global chunk c = blockIdx.z is walked in tiles of nseg*N steps; within a tile, segment seg owns
+// owns channel d = (blockIdx.x % nd) * dpb + dl of batch b = blockIdx.x / nd (nd = ceil(D / dpb)).
+// The T range [c*L, c*L + L) of global chunk c = blockIdx.z is walked in tiles of nseg*N steps; within a tile, segment seg owns
 // N consecutive steps. Consecutive threads take consecutive d at the same t: every load is a
 // coalesced row segment of dpb*sizeof(S) bytes (dpb >= 8 keeps 32-byte sectors full).
 //
@@ -22,6 +22,9 @@
 // threads the device holds, so time is split into nseg = 32 segments (65k threads, N = 8 loads
 // per input in flight each: 65k * 8 * 8 B = 4 MB in flight, above the ~2.5 MB latency x bandwidth
 // product). The shuffle scan costs ~5 * 2 shuffles per tile per warp, against 32*8*dpb loads.
+// Backward moves 6 values per element (2x the forward), so fwd+bwd at copy speed is ~1.45 ms and
+// the 75%-of-copy target is <= 1.9 ms. Unmeasured risk: dpb = 8 means 32-byte row pieces; if DRAM
+// fetches 64 B, dpb = 16 (nseg = 16) is the fallback (benchmarks/gpu_check.sh sweeps both).
 //
 // Global chunks (gridDim.z = C > 1, only for very small B*D): MODE_TOTALS writes each chunk's
 // (A, B) to cA/cB, mc_carry scans them per channel (carry-in into cB), MODE_APPLY rescans each
