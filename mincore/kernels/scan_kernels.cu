@@ -4,8 +4,8 @@
 //
 // Layout (B, T, D), D contiguous. Block = (dpb channels) x (nseg time segments); thread (dl, seg)
 // owns channel d = (blockIdx.x % nd) * dpb + dl of batch b = blockIdx.x / nd (nd = ceil(D / dpb)).
-// The T range [c*L, c*L + L) of global chunk c = blockIdx.z is walked in tiles of nseg*N steps; within a tile, segment seg owns
-// N consecutive steps. Consecutive threads take consecutive d at the same t: every load is a
+// The T range [c*L, c*L + L) of global chunk c = blockIdx.z is walked in tiles of nseg*N steps;
+// within a tile, segment seg owns N consecutive steps. Consecutive threads take consecutive d at the same t: every load is a
 // coalesced row segment of dpb*sizeof(S) bytes (dpb >= 8 keeps 32-byte sectors full).
 //
 // Per tile (the chunked-T scan, on chip):
