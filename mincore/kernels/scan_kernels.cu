@@ -5,8 +5,8 @@
 // Layout (B, T, D), D contiguous. Block = (dpb channels) x (nseg time segments); thread (dl, seg)
 // owns channel d = (blockIdx.x % nd) * dpb + dl of batch b = blockIdx.x / nd (nd = ceil(D / dpb)).
 // The T range [c*L, c*L + L) of global chunk c = blockIdx.z is walked in tiles of nseg*N steps;
-// within a tile, segment seg owns N consecutive steps. Consecutive threads take consecutive d at the same t: every load is a
-// coalesced row segment of dpb*sizeof(S) bytes (dpb >= 8 keeps 32-byte sectors full).
+// within a tile, segment seg owns N consecutive steps. Consecutive threads take consecutive d at
+// the same t: every load is a coalesced row piece of dpb*sizeof(S) bytes (dpb >= 8: full sectors).
 //
 // Per tile (the chunked-T scan, on chip):
 //   1. chunk totals: each thread loads its N steps into registers and composes (A, B) with
