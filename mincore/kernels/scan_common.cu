@@ -102,8 +102,10 @@ template <class S> struct Args {
   int D;
 };
 
-// ---- cells: load(args, i, ip, d, step) fills step.a, step.b; emit(args, i, step, s_in) -> s_out --
-// i: flat index of (b, t, d); ip: index of h_{t-1} in x-arrays, or -1 meaning h0[hb] (hb = b*D + d).
+// ---- cells: load(g, i, ip, hb, e) fills e.a, e.b (and what emit needs);
+// emit(g, i, e, s_in, part) writes the outputs of element i and returns s_out = e.a * s_in + e.b.
+// i: flat index of (b, t, d); ip: index of h_{t-1} in x-arrays, or -1 meaning h0[hb] (hb = b*D + d);
+// part: the thread's running sum for reductions over (b, t) (lru dlam).
 
 template <class S_, class V_> struct ScanFwd {  // x0 = a, x1 = b; y0 = h
   using S = S_; using V = V_;
