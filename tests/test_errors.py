@@ -1,0 +1,142 @@
+"""Bad input raises ValueError/TypeError whose message names the argument (and what it got), for the
+public API. Validation sits in front of every engine, so most cases run once (engine "numpy");
+cases an engine decides itself (dtypes, a > 0) run per engine."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+from tolerances import assert_close, log_space_extent, tolerance
+
+import mincore
+
+B, T, D = 2, 5, 3
+rng = np.random.default_rng(0)
+
+
+def seq(dtype="float64", shape=(B, T, D)):
+    return rng.uniform(0.1, 0.9, shape).astype(dtype)
+
+
+def cseq(dtype="complex128", shape=(B, T, D)):
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+
+
+@contextlib.contextmanager
+def raises(exc, *names):
+    """pytest.raises whose message must also contain every string in `names`."""
+    with pytest.raises(exc) as info:
+        yield info
+    for n in names:
+        assert n in str(info.value), f"message {str(info.value)!r} does not name {n!r}"
+
+
+# (call, exception, strings the message must contain)
+def _cases():
+    a, b, h = seq(), seq(), seq()
+    yield "b shape", lambda: mincore.scan(a, seq(shape=(B, T, D + 1))), ValueError, ["b", "(2, 5, 4)"]
+    yield "T mismatch", lambda: mincore.min_gru(a, seq(shape=(B, T + 1, D))), ValueError, ["v"]
+    yield "a ndim", lambda: mincore.scan(a[0].copy(), b), ValueError, ["a", "3 dimensions"]
+    yield "k ndim", lambda: mincore.min_gru(seq(shape=(B, T, D, 1)), b), ValueError, ["k"]
+    yield "int a", lambda: mincore.scan(np.ones((B, T, D), np.int64), b), TypeError, ["a", "int64"]
+    yield "int v", lambda: mincore.min_gru(a, np.ones((B, T, D), np.int32)), TypeError, ["v", "int32"]
+    yield "mixed", lambda: mincore.scan(a, seq("float32")), TypeError, ["b", "float32", "float64"]
+    yield "mixed lstm", lambda: mincore.min_lstm(a, a, seq("float32")), TypeError, ["v", "float32"]
+    yield "float16", lambda: mincore.scan(a.astype(np.float16), b.astype(np.float16)), TypeError, ["a"]
+    yield "a strided", lambda: mincore.scan(seq(shape=(B, 2 * T, D))[:, ::2], b), ValueError, \
+        ["a", "contiguous"]
+    yield "v transposed", lambda: mincore.min_gru(a, seq(shape=(D, T, B)).T), ValueError, ["v", "contiguous"]
+    yield "h0 shape", lambda: mincore.scan(a, b, seq(shape=(B, D + 1))), ValueError, ["h0", "(2, 4)"]
+    yield "h0 ndim", lambda: mincore.min_gru(a, b, seq(shape=(B, 1, D))), ValueError, ["h0"]
+    yield "h0 dtype", lambda: mincore.scan(a, b, seq("float32", (B, D))), TypeError, ["h0", "float32"]
+    yield "h0 strided", lambda: mincore.scan(a, b, seq(shape=(B, 2 * D))[:, ::2]), ValueError, ["h0"]
+    yield "list", lambda: mincore.scan(a.tolist(), b), TypeError, ["a"]
+    yield "dh shape", lambda: mincore.scan_backward(a, h, seq(shape=(B, T, 1))), ValueError, ["dh"]
+    yield "h shape", lambda: mincore.min_gru_backward(a, b, seq(shape=(1, T, D)), h), ValueError, ["h"]
+    yield "reverse=1", lambda: mincore.scan(a, b, reverse=1), TypeError, ["reverse"]
+    yield "log_space='yes'", lambda: mincore.min_gru(a, b, log_space="yes"), TypeError, ["log_space"]
+    yield "normalize=None", lambda: mincore.min_lstm(a, a, b, normalize=None), TypeError, ["normalize"]
+    a0, b0, h0 = a[:, 0].copy(), b[:, 0].copy(), h[:, 0].copy()
+    yield "step log_space", lambda: mincore.min_gru_step(a0, b0, h0, log_space=0), \
+        TypeError, ["log_space"]
+    yield "step shape", lambda: mincore.min_gru_step(a[:, 0].copy(), b[0].copy(), h[:, 0].copy()), \
+        ValueError, ["v_t"]
+    yield "step ndim", lambda: mincore.min_lstm_step(a, a, a, h[:, 0].copy()), ValueError, ["kf_t"]
+    lam, bu = np.full(D, 0.5 + 0.5j), cseq()
+    yield "real bu", lambda: mincore.lru_scan(lam, seq()), TypeError, ["bu"]
+    yield "lam shape", lambda: mincore.lru_scan(np.full(D + 1, 0.5j), bu), ValueError, ["lam", "(4,)"]
+    yield "lam dtype", lambda: mincore.lru_scan(lam.astype(np.complex64), bu), ValueError, ["lam"]
+    yield "lru h0", lambda: mincore.lru_scan(lam, bu, cseq(shape=(B, D + 1))), ValueError, ["h0"]
+    yield "lru dh", lambda: mincore.lru_scan_backward(lam, bu, cseq("complex64")), TypeError, ["dh"]
+
+
+CASES = list(_cases())
+
+
+@pytest.mark.parametrize("call,exc,names", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input(call, exc, names, monkeypatch):
+    monkeypatch.setenv("MINCORE_ENGINE", "numpy")  # engine=None: validation, not engine choice, fails
+    with raises(exc, *names):
+        call()
+
+
+def test_unknown_engine():
+    with raises(ValueError, "no-such-engine", "numpy"):
+        mincore.scan(seq(), seq(), engine="no-such-engine")
+
+
+def test_unknown_engine_from_environment(monkeypatch):
+    monkeypatch.setenv("MINCORE_ENGINE", "warp-drive")
+    with raises(ValueError, "warp-drive", "MINCORE_ENGINE"):
+        mincore.min_gru(seq(), seq())
+
+
+@pytest.mark.parametrize("engine", ["cupy", "numba-cuda"])
+def test_numpy_array_to_gpu_engine(engine):
+    """NumPy arrays given to a GPU engine: a clear error naming the engine, never a silent copy or
+    fallback (under the CUDA simulator numba-cuda takes NumPy arrays by design)."""
+    if engine == "numba-cuda" and mincore.backend.cudasim_enabled():
+        pytest.skip("the CUDA simulator runs numba-cuda on NumPy arrays")
+    with pytest.raises((TypeError, RuntimeError)) as info:
+        mincore.scan(seq(), seq(), engine=engine)
+    assert repr(engine) in str(info.value) or engine in str(info.value), str(info.value)
+
+
+def test_engine_dtype_support(backend):
+    """A dtype the engine does not list in DTYPES is refused with the engine's name."""
+    for dtype in ("float32", "float64"):
+        if dtype not in backend.dtypes:
+            with raises(TypeError, backend.engine, dtype):
+                mincore.scan(seq(dtype), seq(dtype), engine=backend.engine)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, np.nan])
+def test_logspace_needs_positive_gates(bad):
+    a = seq()
+    a[1, 2, 0] = bad
+    with raises(ValueError, "a", "> 0", "logspace"):
+        mincore.scan(a, seq(), engine="logspace")
+    with raises(ValueError, "a", "> 0"):
+        mincore.scan_backward(a, seq(), seq(), engine="logspace")
+
+
+def test_logspace_needs_nonzero_lam():
+    lam = np.array([0.5, 0.0, 0.3j])
+    with raises(ValueError, "lam", "logspace"):
+        mincore.lru_scan(lam, cseq(), engine="logspace")
+
+
+def test_logspace_saturated_gates_stay_finite():
+    """Log-space gates come from the pre-activations: k = +-200 (a or z = e^-200, 0 in float32)
+    gives the limits, not log(0) NaNs; the accuracy is the log-space model's, eps (|a*| + sqrt T)
+    with |a*| = 200 per saturated step (tests/tolerances.py)."""
+    for dtype in ("float32", "float64"):
+        k = np.full((1, 4, 2), 200.0, dtype)
+        k[:, 1] = -200.0
+        v = np.array([1.0, -2.0], dtype) * np.ones((1, 4, 1), dtype)
+        h = mincore.min_gru(k, v, engine="logspace")
+        want = mincore.min_gru(k.astype(np.float64), v.astype(np.float64), engine="numpy")
+        assert_close(h, want, tolerance("logspace", dtype), "saturated min_gru",
+                     log_space_extent(np.exp(-np.logaddexp(0, k.astype(np.float64)))))
