@@ -96,3 +96,26 @@ def test_nvrtc_compiles_every_instance():
         lowered = ctypes.c_char_p()
         assert lib.nvrtcGetLoweredName(prog, n.encode(), ctypes.byref(lowered)) == 0 and lowered.value, n
     lib.nvrtcDestroyProgram(ctypes.byref(prog))
+
+
+def test_numba_cuda_kernels_compile_to_ptx():
+    """numba's real CUDA pipeline types and lowers the numba-cuda kernels (the simulator never
+    type-checks them): tests/numba_ptx_check.py in its own process, NVVM from nvcc's toolkit."""
+    import glob
+    import os
+    import sys
+
+    script = Path(__file__).with_name("numba_ptx_check.py")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    homes = [os.environ.get("CUDA_HOME", ""), os.environ.get("CUDA_PATH", ""),
+             str(Path(NVCC).resolve().parent.parent), "/usr/local/cuda",
+             *sorted(glob.glob("/usr/local/cuda-*"))]
+    home = next((h for h in homes if h and (Path(h) / "nvvm" / "libdevice").is_dir()), None)
+    if home is None:
+        pytest.skip("no CUDA toolkit with nvvm/libdevice found (set CUDA_HOME)")
+    env["CUDA_HOME"] = home
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                       timeout=900, cwd=script.parent.parent)
+    if r.returncode == 3:
+        pytest.skip(f"numba finds no NVVM here: {r.stdout.strip()[-300:]}")
+    assert r.returncode == 0, f"numba-cuda kernels do not compile:\n{r.stdout[-8000:]}\n{r.stderr[-8000:]}"

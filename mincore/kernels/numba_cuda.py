@@ -62,7 +62,7 @@ def _kernels(cell: str, vname: str):
         live = d < D
         hb, cb = b * D + d, (b * C + c) * D + d
         u_begin = c * L
-        u_end = min(T, u_begin + L)
+        u_end = u_begin + L if u_begin + L < T else T  # not min(): its vararg overload fails in CUDA
         shA = cuda.shared.array((2, maxs, MAXW), vdt)  # double-buffered by tile parity
         shB = cuda.shared.array((2, maxs, MAXW), vdt)
         carS = cuda.shared.array(MAXW, vdt)

@@ -32,7 +32,7 @@ def real_cells(rdt):
 
     @dev
     def softplus(x):
-        return max(x, zero) + rdt(math.log1p(math.exp(-abs(x))))
+        return (x if x > zero else zero) + rdt(math.log1p(math.exp(-abs(x))))  # no max(): vararg
 
     @dev
     def htilde(v, flags):  # (h~, dh~/dv): g(v) of appendix B in log-space mode, else v
