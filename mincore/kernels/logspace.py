@@ -54,8 +54,8 @@ POSITIVE_GATES = True  # scan needs a > 0, lru_scan needs lam != 0 (the logs mus
 
 def _log_pos(xp, x):
     """log(max(x, 0)) with log 0 = -inf, and no divide-by-zero warning."""
-    pos = x > 0
-    return xp.where(pos, xp.log(xp.where(pos, x, 1)), -xp.inf)
+    pos = x > 0  # astype: keep float32 even where an array module promotes the python -inf
+    return xp.where(pos, xp.log(xp.where(pos, x, 1)), -xp.inf).astype(x.dtype, copy=False)
 
 
 def _logaddexp_doubling(xp, x, add):
@@ -82,7 +82,7 @@ def logcumsumexp(xp, x):
 def _clog(xp, z):
     """Complex log with log 0 = -inf + 0j, and no warning."""
     nz = z != 0
-    return xp.where(nz, xp.log(xp.where(nz, z, 1)), -xp.inf)
+    return xp.where(nz, xp.log(xp.where(nz, z, 1)), -xp.inf).astype(z.dtype, copy=False)
 
 
 def _clogaddexp(xp, u, v):
