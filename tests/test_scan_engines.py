@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import strategies as S
 import tolerances as tl
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from tolerances import assert_close, log_space_extent, tolerance
 
@@ -58,15 +58,12 @@ def check(backend, got, want, dtype, what, extent=0.0, scales=None):
                      None if scales is None else (lambda i=i: scale(i)))
 
 
-dtypes = pytest.mark.parametrize("dtype", ["float64", "float32"])
+# ------------------------------------------------------------------------------------------
+# one case per op: draw inputs of length T from `t`, run forward and backward, compare
 
 
-@dtypes
-@pytest.mark.parametrize("reverse", [False, True])
-@given(data=st.data())
-def test_scan(backend, dtype, reverse, data):
-    backend.skip_unless_dtype(dtype)
-    shape = data.draw(S.shapes(), "shape")
+def _case_scan(backend, data, dtype, t, reverse):
+    shape = data.draw(S.shapes(t=t), "shape")
     a, b = data.draw(S.values(shape, "gate", dtype)), data.draw(S.values(shape, "signed", dtype))
     h0 = data.draw(S.initial_states(shape, dtype), "h0")
     dh = data.draw(S.values(shape, "signed", dtype), "dh")
@@ -82,32 +79,16 @@ def test_scan(backend, dtype, reverse, data):
           lambda: (f(mags()[1][0]), f(mags()[1][1]), mags()[1][2]))
 
 
-@given(data=st.data())
-def test_scan_any_sign_gates(backend, data):
-    """Gates of any sign, zero included, for engines that do not need a > 0."""
-    if backend.positive_gates:
-        pytest.skip(f"engine {backend.engine!r} needs a > 0 (tests/test_errors.py checks the error)")
-    shape = data.draw(S.shapes(t=st.integers(0, 40)), "shape")
-    a = data.draw(S.values(shape, "signed", "float64")) / 3  # |a| up to 1.3: growth stays bounded
-    b, h0 = data.draw(S.values(shape, "signed", "float64")), data.draw(S.initial_states(shape))
-    check(backend, run(backend, mincore.scan, a, b, h0), oracle(mincore.scan, a, b, h0), "float64",
-          "scan", 0.0, lambda: tl.scan_scales(a, b, h0))
-
-
-def _cell_inputs(data, dtype, n_pre):
-    shape = data.draw(S.shapes(), "shape")
+def _cell_inputs(data, dtype, t, n_pre):
+    shape = data.draw(S.shapes(t=t), "shape")
     pre = [data.draw(S.values(shape, "preact", dtype)) for _ in range(n_pre)]
     v = data.draw(S.values(shape, "signed", dtype))
-    return shape, pre, v, data.draw(S.initial_states(shape, dtype), "h0"), \
+    return pre, v, data.draw(S.initial_states(shape, dtype), "h0"), \
         data.draw(S.values(shape, "signed", dtype), "dh")
 
 
-@dtypes
-@pytest.mark.parametrize("log_space", [False, True])
-@given(data=st.data())
-def test_min_gru(backend, dtype, log_space, data):
-    backend.skip_unless_dtype(dtype)
-    _, (k,), v, h0, dh = _cell_inputs(data, dtype, 1)
+def _case_min_gru(backend, data, dtype, t, log_space):
+    (k,), v, h0, dh = _cell_inputs(data, dtype, t, 1)
     extent = log_space_extent(gates.min_gru_coeffs(np, up(k), up(v), log_space)[0])
     mags = functools.cache(lambda: tl.min_gru_scales(up(k), up(v), up(h0), up(dh), log_space))
     h = run(backend, mincore.min_gru, k, v, h0, log_space=log_space)
@@ -118,13 +99,8 @@ def test_min_gru(backend, dtype, log_space, data):
     check(backend, got, want, dtype, "min_gru_backward", extent, lambda: mags()[1])
 
 
-@dtypes
-@pytest.mark.parametrize("normalize", [False, True])
-@pytest.mark.parametrize("log_space", [False, True])
-@given(data=st.data())
-def test_min_lstm(backend, dtype, normalize, log_space, data):
-    backend.skip_unless_dtype(dtype)
-    _, (kf, ki), v, h0, dh = _cell_inputs(data, dtype, 2)
+def _case_min_lstm(backend, data, dtype, t, normalize, log_space):
+    (kf, ki), v, h0, dh = _cell_inputs(data, dtype, t, 2)
     kw = dict(normalize=normalize, log_space=log_space)
     extent = log_space_extent(gates.min_lstm_coeffs(np, up(kf), up(ki), up(v), normalize, log_space)[0])
     mags = functools.cache(lambda: tl.min_lstm_scales(*map(up, (kf, ki, v, h0, dh)), normalize, log_space))
@@ -136,11 +112,9 @@ def test_min_lstm(backend, dtype, normalize, log_space, data):
     check(backend, got, want, dtype, "min_lstm_backward", extent, lambda: mags()[1])
 
 
-@pytest.mark.parametrize("dtype", ["complex128", "complex64"])
-@given(data=st.data())
-def test_lru_scan(backend, dtype, data):
-    backend.skip_unless_dtype(dtype)
-    shape = data.draw(S.shapes(), "shape")
+def _case_lru_scan(backend, data, dtype, t):
+    dtype = np.result_type(dtype, 1j).name  # complex64 / complex128
+    shape = data.draw(S.shapes(t=t), "shape")
     lam = data.draw(S.lambdas(shape[2], dtype), "lam")
     bu, dh = data.draw(S.complex_values(shape, dtype)), data.draw(S.complex_values(shape, dtype))
     h0 = data.draw(S.initial_states(shape, dtype, complex_=True), "h0")
@@ -152,6 +126,71 @@ def test_lru_scan(backend, dtype, data):
     got = run(backend, mincore.lru_scan_backward, lam, h, dh, h0)
     want = oracle(mincore.lru_scan_backward, lam, want, dh, h0)
     check(backend, got, want, dtype, "lru_scan_backward", extent, lambda: mags()[1])
+
+
+# ------------------------------------------------------------------------------------------
+# drawn lengths (0, 1, 2, 17, LONG_T or 3..40), every flag combination, both precisions
+
+dtypes = pytest.mark.parametrize("dtype", ["float64", "float32"])
+
+
+@dtypes
+@pytest.mark.parametrize("reverse", [False, True])
+@given(data=st.data())
+def test_scan(backend, dtype, reverse, data):
+    backend.skip_unless_dtype(dtype)
+    _case_scan(backend, data, dtype, S.lengths, reverse)
+
+
+@dtypes
+@pytest.mark.parametrize("log_space", [False, True])
+@given(data=st.data())
+def test_min_gru(backend, dtype, log_space, data):
+    backend.skip_unless_dtype(dtype)
+    _case_min_gru(backend, data, dtype, S.lengths, log_space)
+
+
+@dtypes
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("log_space", [False, True])
+@given(data=st.data())
+def test_min_lstm(backend, dtype, normalize, log_space, data):
+    backend.skip_unless_dtype(dtype)
+    _case_min_lstm(backend, data, dtype, S.lengths, normalize, log_space)
+
+
+@dtypes
+@given(data=st.data())
+def test_lru_scan(backend, dtype, data):
+    backend.skip_unless_dtype(dtype)
+    _case_lru_scan(backend, data, dtype, S.lengths)
+
+
+CASES = {"scan": (_case_scan, ["reverse"]), "min_gru": (_case_min_gru, ["log_space"]),
+         "min_lstm": (_case_min_lstm, ["normalize", "log_space"]), "lru_scan": (_case_lru_scan, [])}
+
+
+@pytest.mark.parametrize("T", S.SPECIAL_T)
+@pytest.mark.parametrize("op", list(CASES))
+@settings(max_examples=4)
+@given(data=st.data())
+def test_special_lengths(backend, op, T, data):
+    """Every T in {0, 1, 2, 17, LONG_T} for sure (a drawn test may miss one); dtype and flags drawn."""
+    case, flags = CASES[op]
+    dtype = data.draw(st.sampled_from(backend.dtypes), "dtype")
+    case(backend, data, dtype, st.just(T), **{f: data.draw(st.booleans(), f) for f in flags})
+
+
+@given(data=st.data())
+def test_scan_any_sign_gates(backend, data):
+    """Gates of any sign, zero included, for engines that do not need a > 0."""
+    if backend.positive_gates:
+        pytest.skip(f"engine {backend.engine!r} needs a > 0 (tests/test_errors.py checks the error)")
+    shape = data.draw(S.shapes(t=st.integers(0, 40)), "shape")
+    a = data.draw(S.values(shape, "signed", "float64")) / 3  # |a| up to 1.3: growth stays bounded
+    b, h0 = data.draw(S.values(shape, "signed", "float64")), data.draw(S.initial_states(shape))
+    check(backend, run(backend, mincore.scan, a, b, h0), oracle(mincore.scan, a, b, h0), "float64",
+          "scan", 0.0, lambda: tl.scan_scales(a, b, h0))
 
 
 @pytest.mark.parametrize("op", ["scan", "min_gru", "min_lstm"])
