@@ -1,10 +1,17 @@
 """Engine "numba": fused CPU kernels, the CPU default.
 
-Layout (B, T, D), D contiguous. Work is split into jobs = (batch row b, channel block [d0, d1)) run
-in parallel (prange); each job loops over T and, inside, over its channel block, so the innermost
-loop is contiguous and vectorises (the gate math uses numba_math's vectorisable exp). A prange over
-flattened channels with a strided T loop is ~14x slower (DESIGN.md). Blocks are the whole row when B
-alone gives enough jobs; otherwise D is cut into blocks of >= 16 channels.
+Layout (B, T, D), D contiguous. Work is split into jobs = (batch row i, channel block) run in
+parallel (prange); each job loops over T and, inside, over its channel block, so the innermost loop
+is contiguous and vectorises (the gate math uses numba_math's vectorisable exp). A prange over
+flattened channels with a strided T loop is ~14x slower (DESIGN.md). Job layout and flat unsigned
+row addressing are shared with numba_scan (see its docstring for why and the measurements).
+
+Flags (log_space, normalize) are compile-time constants: `_gru_kernels(log_space)` and
+`_lstm_kernels(normalize, log_space)` build one kernel pair per combination (closures over the flags,
+cached by numba like any function), so each kernel has two call sites of its row helper, LLVM inlines
+both and folds the flags away, and the row loop vectorises. Measured alternatives that did not: a
+runtime flag inside the loop (both branches computed per element), numba-IR inlining of the rows
+(`inline="always"`: the loop stopped vectorising), four call sites per kernel (no longer inlined).
 
 Traffic per element (the minimum, and what these kernels move): min_gru forward reads k, v and
 writes h (3 values); backward reads k, v, h_{t-1}, dh and writes dk, dv (6 values). The gates are
@@ -16,186 +23,180 @@ G_t = dh_t + a_{t+1} G_{t+1}, carried in a register-resident block while t runs 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
 from .numba_math import fast_dg, fast_g, fast_sigmoid
 from .numba_scan import JIT as _JIT
-from .numba_scan import block as _block
-from .numba_scan import lru_scan, lru_scan_backward, scan, scan_backward  # noqa: F401 (engine API)
+from .numba_scan import ROW as _ROW
+from .numba_scan import U, block, job_range, lru_scan, lru_scan_backward, n_jobs, scan, scan_backward  # noqa: F401 (engine API)
 
 DTYPES = ("float32", "float64")
-# row helpers are inlined into the kernels; same float flags as the kernels
-_ROW = dict(inline="always", fastmath={"contract"}, error_model="numpy")
 
 
 # ------------------------------------------------------------------------------------- minGRU
-# Row helpers take `log_space` as a constant at each call site, so after inlining each branch is a
-# straight-line vectorisable loop (a runtime flag inside the loop made LLVM compute both branches).
+# Forward rows read the previous state at offset p of `hp`; for t = 0 the kernel first copies h0 into
+# row 0 of h and runs the row in place (p = o), so one call site serves every t.
 
 
 @njit(**_ROW)
-def _gru_fwd_row(kt, vt, prev, ht, log_space):
-    for j in range(kt.size):
-        z = fast_sigmoid(kt[j])
-        x = fast_g(vt[j]) if log_space else vt[j]
-        ht[j] = prev[j] + z * (x - prev[j])  # (1 - z) h_{t-1} + z h~
+def _gru_fwd_row(k, v, h, o, p, n, log_space):
+    for j in range(n):
+        u, w = o + U(j), p + U(j)
+        z = fast_sigmoid(k[u])
+        x = fast_g(v[u]) if log_space else v[u]
+        h[u] = h[w] + z * (x - h[w])  # (1 - z) h_{t-1} + z h~
 
 
 @njit(**_ROW)
-def _gru_bwd_row(kt, vt, hp, dht, dkt, dvt, carry, one, log_space):
-    for j in range(kt.size):
-        z = fast_sigmoid(kt[j])
-        g = dht[j] + carry[j]  # G_t = dh_t + a_{t+1} G_{t+1}
+def _gru_bwd_row(k, v, hp, dh, dk, dv, carry, o, p, n, one, log_space):
+    for j in range(n):
+        u, w = o + U(j), p + U(j)
+        z = fast_sigmoid(k[u])
+        g = dh[u] + carry[j]  # G_t = dh_t + a_{t+1} G_{t+1}
         if log_space:
-            x, dx = fast_g(vt[j]), fast_dg(vt[j])
+            x, dx = fast_g(v[u]), fast_dg(v[u])
         else:
-            x, dx = vt[j], one
-        dkt[j] = g * (x - hp[j]) * z * (one - z)
-        dvt[j] = g * z * dx
+            x, dx = v[u], one
+        dk[u] = g * (x - hp[w]) * z * (one - z)  # a = 1 - z, b = z h~: dk = G (h~ - h_{t-1}) z'
+        dv[u] = g * z * dx
         carry[j] = (one - z) * g
 
 
-@njit(**_JIT)
-def _min_gru_fwd(k, v, h0, h, log_space, blk):
-    B, T, D = k.shape
-    nblk = (D + blk - 1) // blk
-    for job in prange(B * nblk):
-        i, d0 = job // nblk, (job % nblk) * blk
-        d1 = min(D, d0 + blk)
-        prev = h0[i, d0:d1]
-        for t in range(T):
-            kt, vt, ht = k[i, t, d0:d1], v[i, t, d0:d1], h[i, t, d0:d1]
-            if log_space:
-                _gru_fwd_row(kt, vt, prev, ht, True)
-            else:
-                _gru_fwd_row(kt, vt, prev, ht, False)
-            prev = ht
+@functools.cache
+def _gru_kernels(log_space: bool):
+    @njit(**_JIT)
+    def fwd(k, v, h0, h, blk, jobs):
+        B, T, D = k.shape
+        k, v, h, h0 = k.reshape(-1), v.reshape(-1), h.reshape(-1), h0.reshape(-1)
+        for job in prange(jobs):
+            i, d0, n = job_range(job, D, blk)
+            if T > 0:
+                h[i * T * D + d0:i * T * D + d0 + n] = h0[i * D + d0:i * D + d0 + n]
+            for t in range(T):
+                o = U((i * T + t) * D + d0)
+                _gru_fwd_row(k, v, h, o, o if t == 0 else o - U(D), n, log_space)
 
+    @njit(**_JIT)
+    def bwd(k, v, h, dh, h0, dk, dv, dh0, one, blk, jobs):
+        B, T, D = k.shape
+        k, v, h, dh, h0 = k.reshape(-1), v.reshape(-1), h.reshape(-1), dh.reshape(-1), h0.reshape(-1)
+        dk, dv, dh0 = dk.reshape(-1), dv.reshape(-1), dh0.reshape(-1)
+        for job in prange(jobs):
+            i, d0, n = job_range(job, D, blk)
+            carry = np.zeros(n, dtype=h0.dtype)  # a_{t+1} G_{t+1}, zero past the end
+            for t in range(T - 1, 0, -1):
+                o = U((i * T + t) * D + d0)
+                _gru_bwd_row(k, v, h, dh, dk, dv, carry, o, o - U(D), n, one, log_space)
+            if T > 0:  # t = 0 reads h0
+                _gru_bwd_row(k, v, h0, dh, dk, dv, carry, U(i * T * D + d0), U(i * D + d0), n, one, log_space)
+            dh0[i * D + d0:i * D + d0 + n] = carry
 
-@njit(**_JIT)
-def _min_gru_bwd(k, v, h, dh, h0, dk, dv, dh0, log_space, one, blk):
-    B, T, D = k.shape
-    nblk = (D + blk - 1) // blk
-    for job in prange(B * nblk):
-        i, d0 = job // nblk, (job % nblk) * blk
-        d1 = min(D, d0 + blk)
-        carry = np.zeros_like(h0[i, d0:d1])  # a_{t+1} G_{t+1}: one running array, zero past the end
-        for t in range(T - 1, -1, -1):
-            hp = h[i, t - 1, d0:d1] if t > 0 else h0[i, d0:d1]
-            kt, vt, dht = k[i, t, d0:d1], v[i, t, d0:d1], dh[i, t, d0:d1]
-            dkt, dvt = dk[i, t, d0:d1], dv[i, t, d0:d1]
-            if log_space:
-                _gru_bwd_row(kt, vt, hp, dht, dkt, dvt, carry, one, True)
-            else:
-                _gru_bwd_row(kt, vt, hp, dht, dkt, dvt, carry, one, False)
-        dh0[i, d0:d1] = carry
+    return fwd, bwd
 
 
 def min_gru(k, v, h0, log_space):
-    h = np.empty_like(k)
-    _min_gru_fwd(k, v, h0, h, log_space, _block(k.shape[0], k.shape[2]))
+    B, _, D = k.shape
+    h, blk = np.empty_like(k), block(B, D)
+    _gru_kernels(log_space)[0](k, v, h0, h, blk, n_jobs(B, D, blk))
     return h
 
 
 def min_gru_backward(k, v, h, dh, h0, log_space):
-    dk, dv, dh0 = np.empty_like(k), np.empty_like(v), np.empty_like(h0)
-    _min_gru_bwd(k, v, h, dh, h0, dk, dv, dh0, log_space, k.dtype.type(1), _block(k.shape[0], k.shape[2]))
+    B, _, D = k.shape
+    dk, dv, dh0, blk = np.empty_like(k), np.empty_like(v), np.empty_like(h0), block(B, D)
+    _gru_kernels(log_space)[1](k, v, h, dh, h0, dk, dv, dh0, k.dtype.type(1), blk, n_jobs(B, D, blk))
     return dk, dv, dh0
 
 
 # ------------------------------------------------------------------------------------ minLSTM
-# normalize: f' = f / (f + i), i' = i / (f + i) (one reciprocal); the backward needs
-# d f'/d kf etc. through diff = log i - log f: d diff/d kf = -(1 - f), d diff/d ki = 1 - i.
+# normalize: f' = f / (f + i), i' = i / (f + i) (one reciprocal); the backward goes through
+# diff = log i - log f: f' = sigmoid(-diff), d diff/d kf = -(1 - f), d diff/d ki = 1 - i.
 
 
 @njit(**_ROW)
-def _lstm_fwd_row(kft, kit, vt, prev, ht, one, normalize, log_space):
-    for j in range(kft.size):
-        f, i = fast_sigmoid(kft[j]), fast_sigmoid(kit[j])
+def _lstm_fwd_row(kf, ki, v, h, o, p, n, one, normalize, log_space):
+    for j in range(n):
+        u, w = o + U(j), p + U(j)
+        f, i = fast_sigmoid(kf[u]), fast_sigmoid(ki[u])
         if normalize:
             r = one / (f + i)
             f, i = f * r, i * r
-        x = fast_g(vt[j]) if log_space else vt[j]
-        ht[j] = f * prev[j] + i * x
+        x = fast_g(v[u]) if log_space else v[u]
+        h[u] = f * h[w] + i * x
 
 
 @njit(**_ROW)
-def _lstm_bwd_row(kft, kit, vt, hp, dht, dkft, dkit, dvt, carry, one, normalize, log_space):
-    for j in range(kft.size):
-        f, i = fast_sigmoid(kft[j]), fast_sigmoid(kit[j])
-        g = dht[j] + carry[j]
+def _lstm_bwd_row(kf, ki, v, hp, dh, dkf, dki, dv, carry, o, p, n, one, normalize, log_space):
+    for j in range(n):
+        u, w = o + U(j), p + U(j)
+        f, i = fast_sigmoid(kf[u]), fast_sigmoid(ki[u])
+        g = dh[u] + carry[j]
         if log_space:
-            x, dx = fast_g(vt[j]), fast_dg(vt[j])
+            x, dx = fast_g(v[u]), fast_dg(v[u])
         else:
-            x, dx = vt[j], one
+            x, dx = v[u], one
         if normalize:
             r = one / (f + i)
             fp, ip = f * r, i * r
-            ddiff = fp * ip * g * (x - hp[j])
-            dkft[j] = -(one - f) * ddiff
-            dkit[j] = (one - i) * ddiff
-            dvt[j] = g * ip * dx
+            ddiff = fp * ip * g * (x - hp[w])
+            dkf[u] = -(one - f) * ddiff
+            dki[u] = (one - i) * ddiff
+            dv[u] = g * ip * dx
             carry[j] = fp * g
         else:
-            dkft[j] = g * hp[j] * f * (one - f)
-            dkit[j] = g * x * i * (one - i)
-            dvt[j] = g * i * dx
+            dkf[u] = g * hp[w] * f * (one - f)
+            dki[u] = g * x * i * (one - i)
+            dv[u] = g * i * dx
             carry[j] = f * g
 
 
-@njit(**_JIT)
-def _min_lstm_fwd(kf, ki, v, h0, h, normalize, log_space, one, blk):
-    B, T, D = v.shape
-    nblk = (D + blk - 1) // blk
-    for job in prange(B * nblk):
-        i, d0 = job // nblk, (job % nblk) * blk
-        d1 = min(D, d0 + blk)
-        prev = h0[i, d0:d1]
-        for t in range(T):
-            a, b, c, ht = kf[i, t, d0:d1], ki[i, t, d0:d1], v[i, t, d0:d1], h[i, t, d0:d1]
-            if normalize and log_space:
-                _lstm_fwd_row(a, b, c, prev, ht, one, True, True)
-            elif normalize:
-                _lstm_fwd_row(a, b, c, prev, ht, one, True, False)
-            elif log_space:
-                _lstm_fwd_row(a, b, c, prev, ht, one, False, True)
-            else:
-                _lstm_fwd_row(a, b, c, prev, ht, one, False, False)
-            prev = ht
+@functools.cache
+def _lstm_kernels(normalize: bool, log_space: bool):
+    @njit(**_JIT)
+    def fwd(kf, ki, v, h0, h, one, blk, jobs):
+        B, T, D = v.shape
+        kf, ki, v, h, h0 = kf.reshape(-1), ki.reshape(-1), v.reshape(-1), h.reshape(-1), h0.reshape(-1)
+        for job in prange(jobs):
+            i, d0, n = job_range(job, D, blk)
+            if T > 0:
+                h[i * T * D + d0:i * T * D + d0 + n] = h0[i * D + d0:i * D + d0 + n]
+            for t in range(T):
+                o = U((i * T + t) * D + d0)
+                _lstm_fwd_row(kf, ki, v, h, o, o if t == 0 else o - U(D), n, one, normalize, log_space)
 
+    @njit(**_JIT)
+    def bwd(kf, ki, v, h, dh, h0, dkf, dki, dv, dh0, one, blk, jobs):
+        B, T, D = v.shape
+        kf, ki, v, h, dh = kf.reshape(-1), ki.reshape(-1), v.reshape(-1), h.reshape(-1), dh.reshape(-1)
+        dkf, dki, dv, h0, dh0 = dkf.reshape(-1), dki.reshape(-1), dv.reshape(-1), h0.reshape(-1), dh0.reshape(-1)
+        for job in prange(jobs):
+            i, d0, n = job_range(job, D, blk)
+            carry = np.zeros(n, dtype=h0.dtype)
+            for t in range(T - 1, 0, -1):
+                o = U((i * T + t) * D + d0)
+                _lstm_bwd_row(kf, ki, v, h, dh, dkf, dki, dv, carry, o, o - U(D), n, one, normalize, log_space)
+            if T > 0:
+                _lstm_bwd_row(kf, ki, v, h0, dh, dkf, dki, dv, carry, U(i * T * D + d0), U(i * D + d0), n, one,
+                              normalize, log_space)
+            dh0[i * D + d0:i * D + d0 + n] = carry
 
-@njit(**_JIT)
-def _min_lstm_bwd(kf, ki, v, h, dh, h0, dkf, dki, dv, dh0, normalize, log_space, one, blk):
-    B, T, D = v.shape
-    nblk = (D + blk - 1) // blk
-    for job in prange(B * nblk):
-        i, d0 = job // nblk, (job % nblk) * blk
-        d1 = min(D, d0 + blk)
-        carry = np.zeros_like(h0[i, d0:d1])
-        for t in range(T - 1, -1, -1):
-            hp = h[i, t - 1, d0:d1] if t > 0 else h0[i, d0:d1]
-            a, b, c, dht = kf[i, t, d0:d1], ki[i, t, d0:d1], v[i, t, d0:d1], dh[i, t, d0:d1]
-            da, db, dc = dkf[i, t, d0:d1], dki[i, t, d0:d1], dv[i, t, d0:d1]
-            if normalize and log_space:
-                _lstm_bwd_row(a, b, c, hp, dht, da, db, dc, carry, one, True, True)
-            elif normalize:
-                _lstm_bwd_row(a, b, c, hp, dht, da, db, dc, carry, one, True, False)
-            elif log_space:
-                _lstm_bwd_row(a, b, c, hp, dht, da, db, dc, carry, one, False, True)
-            else:
-                _lstm_bwd_row(a, b, c, hp, dht, da, db, dc, carry, one, False, False)
-        dh0[i, d0:d1] = carry
+    return fwd, bwd
 
 
 def min_lstm(kf, ki, v, h0, normalize, log_space):
-    h = np.empty_like(v)
-    _min_lstm_fwd(kf, ki, v, h0, h, normalize, log_space, v.dtype.type(1), _block(v.shape[0], v.shape[2]))
+    B, _, D = v.shape
+    h, blk = np.empty_like(v), block(B, D)
+    _lstm_kernels(normalize, log_space)[0](kf, ki, v, h0, h, v.dtype.type(1), blk, n_jobs(B, D, blk))
     return h
 
 
 def min_lstm_backward(kf, ki, v, h, dh, h0, normalize, log_space):
+    B, _, D = v.shape
     dkf, dki, dv, dh0 = np.empty_like(kf), np.empty_like(ki), np.empty_like(v), np.empty_like(h0)
-    _min_lstm_bwd(kf, ki, v, h, dh, h0, dkf, dki, dv, dh0, normalize, log_space, v.dtype.type(1),
-                  _block(v.shape[0], v.shape[2]))
+    blk = block(B, D)
+    _lstm_kernels(normalize, log_space)[1](kf, ki, v, h, dh, h0, dkf, dki, dv, dh0, v.dtype.type(1), blk,
+                                           n_jobs(B, D, blk))
     return dkf, dki, dv, dh0

@@ -44,13 +44,13 @@ def _bits_to_float(typingctx, i):
 
 # Horner's rule written out: a loop over a coefficient tuple stays a loop in numba's IR and stops
 # LLVM from vectorising the caller's loop over D.
-@njit(inline="always")
+@njit
 def _horner8(r, c):
     c0, c1, c2, c3, c4, c5, c6, c7 = c
     return ((((((c0 * r + c1) * r + c2) * r + c3) * r + c4) * r + c5) * r + c6) * r + c7
 
 
-@njit(inline="always")
+@njit
 def _horner14(r, c):
     c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13 = c
     p = ((((((c0 * r + c1) * r + c2) * r + c3) * r + c4) * r + c5) * r + c6) * r + c7
@@ -126,7 +126,7 @@ def fast_dg(x):
 
 
 def _register(stub, key):
-    @overload(stub, inline="always")
+    @overload(stub)
     def _ov(x):
         impl = _IMPL.get(x)
         return None if impl is None else impl[key]
