@@ -7,14 +7,15 @@ the segments -> apply, so inputs are read once. With C > 1 global chunks the wor
 across blocks along T (totals pass, carry pass, apply pass; inputs read twice).
 
 Plan rule (`plan`), with `want` = threads that keep the memory system busy (1024 per SM):
-  - dpb = min(32, next power of two >= D): one warp-row of 32 consecutive channels when D allows;
   - nseg = 1 (thread per channel, the plain recurrence, no barriers) when B*D > want/2, otherwise
     doubled up to 32 while B*D*nseg stays <= want/2 and the tile (nseg*N steps) fits in T/2;
+  - dpb = min(128, next power of two >= D) when nseg = 1 (blocks of up to 128 channels), else
+    min(32, ...): one warp-row of 32 consecutive channels when D allows;
   - when nseg > 1: blocks are capped at 256 threads (dpb shrinks, to no less than 8, for nseg = 32),
     and dpb*nseg is a multiple of 32 (whole warps scan the segment totals with shuffles);
   - C > 1 only when even that leaves fewer than want/8 threads (B*D below ~500 channels on an H100)
     and T is long: C = the power of two bringing threads to want/2, each chunk >= 8 tiles long.
-  The shapes of the issue on an H100 (132 SMs): (512, 64, 256) -> nseg 1; (64, 512, 256) and
+  The shapes of the issue on an H100 (132 SMs): (512, 64, 256) -> nseg 1, dpb 128; (64, 512, 256) and
   (64, 4096, 256) -> nseg 8, dpb 32; (8, 65536, 256) -> nseg 32, dpb 8 (65k threads, single pass).
 """
 
@@ -72,11 +73,12 @@ def plan(B, T, D, N, n_sm, *, dpb=None, nseg=None, C=None) -> Plan:
     (tests use them to run the segmented and chunked paths on small shapes)."""
     want = 1024 * n_sm
     auto_dpb = dpb is None
-    dpb = dpb or min(32, _pow2ceil(D))
     if nseg is None:
         nseg = 1
         while 2 * B * D * nseg <= want and nseg < 32 and 2 * nseg * N <= T:
             nseg *= 2
+    # thread per channel: 128-thread blocks (a 32-thread block would cap an SM at 32 warps)
+    dpb = dpb or min(128 if nseg == 1 else 32, _pow2ceil(D))
     if nseg > 1:
         nseg = max(nseg, 32 // dpb)
         while auto_dpb and dpb * nseg > 256 and dpb > 8:

@@ -162,7 +162,7 @@ def launch(cell, xs, ys, h0, s0, yfin, part, shape, rev, flags):
     p = gpu_common.plan(B, T, D, gpu_common.steps_per_thread(acc), _n_sm(), **_override)
     if p.nseg > _max_segments(acc.itemsize):  # correct for any nseg: the last tile may be partial
         p = dataclasses.replace(p, nseg=_max_segments(acc.itemsize))
-    if p.dpb > MAXW - 1:
+    if p.nseg > 1 and p.dpb > MAXW - 1:
         raise ValueError(f"numba-cuda: at most {MAXW - 1} channels per block, plan has {p}")
     if xp is np:
         stream, dev = 0, (lambda a: a.reshape(-1))
