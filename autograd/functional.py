@@ -43,8 +43,15 @@ def embedding(weight: Tensor, idx):
     idx = idx.data if isinstance(idx, Tensor) else idx
 
     def embedding_vjp(g):
-        gw = weight.xp.zeros(weight.shape, dtype=g.dtype)
-        _scatter_add(weight.xp, gw, idx.reshape(-1), g.reshape(-1, g.shape[-1]))
+        xp, flat, g2 = weight.xp, idx.reshape(-1), g.reshape(-1, g.shape[-1])
+        gw = xp.zeros(weight.shape, dtype=g.dtype)
+        if xp is np and flat.size:  # sort + segment sums: ~3x faster than np.add.at on CPU
+            order = np.argsort(flat, kind="stable")
+            s = flat[order]
+            starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+            gw[s[starts]] = np.add.reduceat(g2[order], starts, axis=0)
+        else:
+            _scatter_add(xp, gw, flat, g2)
         return (gw,)
     return record(weight.data[idx], (weight,), embedding_vjp)
 
@@ -53,17 +60,27 @@ def _leading_sum(g):
     return g.reshape(-1, g.shape[-1]).sum(axis=0)
 
 
+def _rowdot(xp, a, b):
+    """sum_i a[..., i] b[..., i] with a trailing axis of 1 (one pass, no temporary)."""
+    return xp.einsum("...i,...i->...", a, b)[..., None]
+
+
+def _coldot(xp, a, b):
+    """sum over all leading axes of a * b -> (D,) (the gain gradient), without a temporary."""
+    return xp.einsum("ni,ni->i", a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]))
+
+
 def layer_norm(x: Tensor, w: Tensor | None, b: Tensor | None, eps: float = 1e-5):
     """y = (x - mu) / sqrt(var + eps) * w + b over the last axis (Ba et al. 2016).
 
     VJP with xh = normalised x, r = 1/sqrt(var + eps), gh = g w:
         dx = r (gh - mean(gh) - xh mean(gh xh)),  dw = sum g xh,  db = sum g.
     """
-    xd = x.data
-    mu = xd.mean(axis=-1, keepdims=True)
-    xc = xd - mu
-    r = 1.0 / x.xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
-    xh = xc * r
+    xd, xp, D = x.data, x.xp, x.shape[-1]
+    xc = xd - xd.mean(axis=-1, keepdims=True)
+    r = 1.0 / xp.sqrt(_rowdot(xp, xc, xc) / D + eps)
+    xh = xc
+    xh *= r
     out = xh * w.data if w is not None else xh.copy()
     if b is not None:
         out += b.data
@@ -71,10 +88,13 @@ def layer_norm(x: Tensor, w: Tensor | None, b: Tensor | None, eps: float = 1e-5)
 
     def layer_norm_vjp(g):
         gh = g * w.data if w is not None else g
-        dx = r * (gh - gh.mean(axis=-1, keepdims=True) - xh * (gh * xh).mean(axis=-1, keepdims=True))
+        dx = xh * (_rowdot(xp, gh, xh) / D)
+        dx += gh.mean(axis=-1, keepdims=True)
+        xp.subtract(gh, dx, out=dx)
+        dx *= r
         grads = [dx]
         if w is not None:
-            grads.append(_leading_sum(g * xh))
+            grads.append(_coldot(xp, g, xh))
         if b is not None:
             grads.append(_leading_sum(g))
         return tuple(grads)
@@ -86,14 +106,16 @@ def rms_norm(x: Tensor, w: Tensor | None, eps: float = 1e-6):
 
     VJP: dx = r (gh - xh mean(gh xh)), dw = sum g xh, with xh = x r, gh = g w.
     """
-    xd = x.data
-    r = 1.0 / x.xp.sqrt((xd * xd).mean(axis=-1, keepdims=True) + eps)
+    xd, xp, D = x.data, x.xp, x.shape[-1]
+    r = 1.0 / xp.sqrt(_rowdot(xp, xd, xd) / D + eps)
     xh = xd * r
 
     def rms_norm_vjp(g):
         gh = g * w.data if w is not None else g
-        dx = r * (gh - xh * (gh * xh).mean(axis=-1, keepdims=True))
-        return (dx,) if w is None else (dx, _leading_sum(g * xh))
+        dx = xh * (_rowdot(xp, gh, xh) / D)
+        xp.subtract(gh, dx, out=dx)
+        dx *= r
+        return (dx,) if w is None else (dx, _coldot(xp, g, xh))
     return record(xh * w.data if w is not None else xh, (x,) if w is None else (x, w), rms_norm_vjp)
 
 
@@ -101,6 +123,8 @@ def dropout(x: Tensor, p: float, rng=None, training: bool = True):
     """Inverted dropout: keep each element with probability 1 - p and scale it by 1 / (1 - p).
 
     rng: numpy Generator (the mask for CuPy arrays is drawn on the device from a seed it supplies).
+    On the CPU the mask compares 16 random bits with round(p 2^16) (several times cheaper than
+    float draws), so the drop probability is p rounded to a multiple of 2^-16; the scale uses it.
     """
     if not training or p == 0.0:
         return x
@@ -109,10 +133,12 @@ def dropout(x: Tensor, p: float, rng=None, training: bool = True):
     xp = x.xp
     rng = np.random.default_rng() if rng is None else rng
     if xp is np:
-        u = rng.random(x.shape, dtype=np.float32)
+        cut = round(p * 65536)
+        u = np.frombuffer(rng.bytes(2 * x.size), dtype=np.uint16).reshape(x.shape)
+        keep, scale = u >= cut, 65536 / (65536 - cut)
     else:
         u = xp.random.default_rng(int(rng.integers(2**63))).random(x.shape, dtype=xp.float32)
-    keep, scale = u >= p, 1.0 / (1.0 - p)  # a boolean mask: 1 byte per element kept for backward
+        keep, scale = u >= p, 1.0 / (1.0 - p)  # boolean masks: 1 byte per element kept for backward
     out = x.data * keep
     out *= scale
 

@@ -41,9 +41,28 @@ def timed(name, fn):
     return wrapper
 
 
-def instrument():
+def flush_subnormals(x):
+    """Zero the subnormal entries of a float32/float64 (or complex) array in place (exponent bits 0)."""
+    r = x.view(x.real.dtype)
+    bits, mask = (np.int32, 0x7F800000) if r.dtype == np.float32 else (np.int64, 0x7FF0000000000000)
+    np.multiply(r, (r.view(bits) & mask) != 0, out=r)
+    return x
+
+
+def with_ftz(fn):
+    """Backward kernel + flush of its outputs (timed on its own: an in-kernel flush costs ~nothing)."""
+    flush = timed("ftz", lambda out: tuple(flush_subnormals(r) for r in out))
+
+    @functools.wraps(fn)
+    def wrapper(*a, **k):
+        return flush(fn(*a, **k))
+    return wrapper
+
+
+def instrument(ftz=False):
     for name in KERNELS:
-        setattr(cells, name, timed("kernels", getattr(cells, name)))
+        f = timed("kernels", getattr(cells, name))
+        setattr(cells, name, with_ftz(f) if ftz and name.endswith("_backward") else f)
     ops._mm = timed("matmul", ops._mm)
 
 
@@ -97,6 +116,9 @@ def main(argv=None):
     ap.add_argument("--cell", default="mingru", choices=["mingru", "minlstm", "lru"])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cprofile", action="store_true", help="also print the top functions by own time")
+    ap.add_argument("--ftz", action="store_true",
+                    help="flush subnormal gradients from the backward kernels to zero in NumPy (GEMMs on "
+                         "subnormal inputs run ~70x slower); the flush counts as outside-kernel time")
     args = ap.parse_args(argv)
 
     tiny = make_step(1, 2, 1, 1.0, args.cell, dropout=0.0)
@@ -105,17 +127,19 @@ def main(argv=None):
         tiny()
         step()
     fixed = median_time(tiny, 5 * args.steps)
-    instrument()
+    instrument(args.ftz)
     timers.clear()
     wall = time.perf_counter()
     total = median_time(step, args.steps)
     wall = time.perf_counter() - wall
-    kern, mm = timers["kernels"] / args.steps, timers["matmul"] / args.steps
-    mean = wall / args.steps
+    kern, mm, ftz = (timers[k] / args.steps for k in ("kernels", "matmul", "ftz"))
+    mean = wall / args.steps - ftz
     rest = mean - kern - mm
     engine = mincore.backend.resolve_engine(None, np)
     print(f"selective-copy step: cell={args.cell} batch={args.batch} seq={args.seq} d_model={args.d_model} "
-          f"expansion={args.expansion} layers=3 engine={engine}")
+          f"expansion={args.expansion} layers=3 engine={engine} ftz={args.ftz}")
+    if args.ftz:
+        print(f"  (NumPy subnormal flush {1e3 * ftz:.2f} ms per step left out of every figure below)")
     print(f"  step time          median {1e3 * total:8.2f} ms   mean {1e3 * mean:8.2f} ms")
     print(f"  recurrent kernels         {1e3 * kern:8.2f} ms   {100 * kern / mean:5.1f} %")
     print(f"  matrix products           {1e3 * mm:8.2f} ms   {100 * mm / mean:5.1f} %")

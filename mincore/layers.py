@@ -29,25 +29,28 @@ def _split(xp, x, n):
 
 
 # ------------------------------------------------------------------------------ primitives
-def _project(x, w, b, n):
+def _project(xp, x, w, b, n):
     """n C-contiguous pre-activations x @ w_j + b_j (w = [w_1 | ... | w_n]), one GEMM each straight
     into its own buffer: the kernels take separate contiguous k, v, so this avoids splitting one
-    (B, T, n I) product into copies (and re-joining the gradients) on every step."""
+    (B, T, n I) product into copies (and re-joining the gradients) on every step. The bias rides in
+    the GEMM as an extra input column of ones ([x | 1] @ [w_j ; b_j]), so neither the forward nor
+    the backward (db = last row of [x | 1]^T g) makes a separate pass over the (B, T, I) outputs.
+    Returns the outputs and [x | 1] (kept for the VJP)."""
     x2 = x.reshape(-1, x.shape[-1])
+    if b is not None:
+        x2 = xp.concatenate([x2, xp.ones((x2.shape[0], 1), x2.dtype)], axis=1)
     size = w.shape[1] // n
     outs = []
     for j in range(n):
-        # a contiguous copy of the (dim, I) slice: GEMM on a strided slice measured ~2x slower
-        o = ops._mm(x2, get_array_module(w).ascontiguousarray(w[:, j * size:(j + 1) * size]))
-        if b is not None:
-            o += b[j * size:(j + 1) * size]
-        outs.append(o.reshape(*x.shape[:-1], size))
-    return outs
+        cols = slice(j * size, (j + 1) * size)
+        # a small contiguous (dim [+1], I) weight: GEMM on a strided slice measured ~2x slower
+        wj = xp.ascontiguousarray(w[:, cols]) if b is None else xp.concatenate([w[:, cols], b[None, cols]])
+        outs.append(ops._mm(x2, wj).reshape(*x.shape[:-1], size))
+    return outs, x2
 
 
-def _project_vjp(xp, x, w, b, dpre):
-    """dx = sum_j g_j w_j^T, dw = [x^T g_1 | ... | x^T g_n], db = [sum g_1 | ... | sum g_n]."""
-    x2 = x.reshape(-1, x.shape[-1])
+def _project_vjp(xp, xa, x, w, b, dpre):
+    """dx = sum_j g_j w_j^T, [dw_j ; db_j] = [x | 1]^T g_j."""
     size = w.shape[1] // len(dpre)
     dx, dw = None, xp.empty_like(w)
     db = None if b is None else xp.empty_like(b)
@@ -56,9 +59,11 @@ def _project_vjp(xp, x, w, b, dpre):
         g2 = g.reshape(-1, size)
         gx = ops._mm(g2, w[:, cols].T)
         dx = gx if dx is None else xp.add(dx, gx, out=dx)
-        dw[:, cols] = ops._mm(x2.T, g2)
-        if db is not None:
-            db[cols] = g2.sum(axis=0)
+        dwb = ops._mm(xa.T, g2)
+        if db is None:
+            dw[:, cols] = dwb
+        else:
+            dw[:, cols], db[cols] = dwb[:-1], dwb[-1]
     return dx.reshape(x.shape), dw, db
 
 
@@ -67,13 +72,13 @@ def _fused_cell(n, cell, doc):
     VJP backward; the kernels are looked up in mincore.cells at call time (profilers can wrap them)."""
     def op(x, w, b, h0, **kw):
         xp = get_array_module(x)
-        pre = _project(x, w, b, n)
+        pre, xa = _project(xp, x, w, b, n)
         h0 = None if h0 is None else xp.ascontiguousarray(h0)
         h = getattr(cells, cell)(*pre, h0, **kw)
 
         def vjp(g):
             *dpre, dh0 = getattr(cells, cell + "_backward")(*pre, h, xp.ascontiguousarray(g), h0, **kw)
-            return (*_project_vjp(xp, x, w, b, dpre), dh0)
+            return (*_project_vjp(xp, xa, x, w, b, dpre), dh0)
         vjp.__name__ = cell + "_vjp"
         return h, vjp
     op.__name__, op.__doc__ = cell + "_op", doc
@@ -97,13 +102,20 @@ def _lru_lambda(xp, nu_log, theta_log):
     return xp.exp(-xp.exp(nu_log) + 1j * xp.exp(theta_log))
 
 
+def _as_complex(xp, pairs, ctype):
+    """Interleaved real pairs (..., 2N) = (Re z_0, Im z_0, Re z_1, ...) as a complex (..., N) view."""
+    return xp.ascontiguousarray(pairs).view(ctype)
+
+
 @primitive
 def lru_op(bu2, nu_log, theta_log, gamma_log, h0, *, engine=None):
-    """LRU recurrence on real pairs: h_t = Lambda h_{t-1} + gamma (Bu)_t, complex, returned as
-    [Re h | Im h] (B, T, 2N); bu2 = [Re Bu | Im Bu], h0 = [Re h0 | Im h0] (B, 2N) or None.
+    """LRU recurrence on interleaved real pairs: h_t = Lambda h_{t-1} + gamma (Bu)_t (complex, N
+    channels), where bu2 (B, T, 2N) holds (Re Bu, Im Bu) per channel and h0 (B, 2N) likewise (or
+    None); returns h as pairs (B, T, 2N). Pairs and complex arrays are views of each other, so the
+    only full passes besides the kernels are gamma * Bu and its adjoint.
 
     VJP (complex gradients as dL/dRe + i dL/dIm, from lru_scan_backward):
-        dBu = gamma dbu,  dgamma_log = gamma sum Re(dbu conj(Bu)),
+        dBu = gamma dbu,  dgamma_log_j = sum_{b,t} (dbu2 * bu2) over channel j's pair,
         dw = dlam conj(Lambda) for w = -exp(nu_log) + i exp(theta_log), so
         dnu_log = -exp(nu_log) Re(dw),  dtheta_log = exp(theta_log) Im(dw).
     """
@@ -112,22 +124,21 @@ def lru_op(bu2, nu_log, theta_log, gamma_log, h0, *, engine=None):
     ctype = np.result_type(bu2.dtype, np.complex64)
     lam = _lru_lambda(xp, nu_log, theta_log).astype(ctype)
     gamma = xp.exp(gamma_log)
-    Bu = bu2[..., :N] + 1j * bu2[..., N:]
-    bu = (gamma * Bu).astype(ctype)
-    h0c = None if h0 is None else (h0[..., :N] + 1j * h0[..., N:]).astype(ctype)
+    bu = _as_complex(xp, bu2, ctype) * gamma
+    h0c = None if h0 is None else _as_complex(xp, h0, ctype)
     h = cells.lru_scan(lam, bu, h0c, engine=engine)
 
     def lru_vjp(g):
-        dh = (g[..., :N] + 1j * g[..., N:]).astype(ctype)
-        dlam, dbu, dh0 = cells.lru_scan_backward(lam, h, dh, h0c, engine=engine)
-        dbu2 = xp.concatenate([dbu.real, dbu.imag], axis=-1) * xp.concatenate([gamma, gamma])
-        dgamma_log = gamma * (dbu * Bu.conj()).real.reshape(-1, N).sum(axis=0)
+        dlam, dbu, dh0 = cells.lru_scan_backward(lam, h, _as_complex(xp, g, ctype), h0c, engine=engine)
+        dbu *= gamma
+        dbu2 = dbu.view(bu2.dtype)
+        s = xp.einsum("ni,ni->i", dbu2.reshape(-1, 2 * N), bu2.reshape(-1, 2 * N))
         dw = dlam * lam.conj()
         dnu = (-xp.exp(nu_log) * dw.real).astype(nu_log.dtype)
         dtheta = (xp.exp(theta_log) * dw.imag).astype(theta_log.dtype)
-        dh02 = None if h0 is None else xp.concatenate([dh0.real, dh0.imag], axis=-1)
-        return dbu2.astype(bu2.dtype), dnu, dtheta, dgamma_log.astype(gamma_log.dtype), dh02
-    return xp.concatenate([h.real, h.imag], axis=-1), lru_vjp
+        dh02 = None if h0 is None else dh0.view(h0.dtype)
+        return dbu2, dnu, dtheta, s.reshape(N, 2).sum(axis=1).astype(gamma_log.dtype), dh02
+    return h.view(bu2.dtype), lru_vjp
 
 
 # ------------------------------------------------------------------------------ layers
@@ -216,9 +227,10 @@ class MinLSTM(_MinRNN):
 class LRU(nn.Module):
     """Linear Recurrent Unit (Orvieto et al. 2023, sec. 3): N = expansion * dim complex states,
         h_t = Lambda h_{t-1} + gamma (B u_t),  y_t = Re(C h_t) + D u_t.
-    Stored as real arrays: B (dim, 2N) = [Re B^T | Im B^T]; C (2N, dim) = [Re C^T ; -Im C^T] so
-    Re(C h) = [Re h | Im h] @ C; states are real pairs [Re h | Im h] (B, 2N). Ring init (sec. 3.3):
-    |Lambda| uniform on the ring [r_min, r_max], phase in [0, max_phase]; gamma = sqrt(1 - |Lambda|^2)."""
+    Complex values are stored as interleaved real pairs (Re, Im), which are views of complex arrays:
+    B (dim, 2N) is B^T as pairs (u @ B = Bu as pairs); C (2N, dim) has rows (Re C_j, -Im C_j) so
+    Re(C h) = h_pairs @ C; states are pairs (B, 2N). Ring init (sec. 3.3): |Lambda| uniform on the
+    ring [r_min, r_max], phase in [0, max_phase]; gamma = sqrt(1 - |Lambda|^2)."""
 
     def __init__(self, dim, expansion=1.0, *, r_min=0.0, r_max=1.0, max_phase=2 * math.pi,
                  learn_h0=False, engine=None, rng=None):
@@ -233,9 +245,9 @@ class LRU(nn.Module):
         self.theta_log = Parameter(np.log(theta).astype(f32), no_decay=True)
         self.gamma_log = Parameter(np.log(np.sqrt(1 - np.exp(-2 * nu))).astype(f32), no_decay=True)
         B = rng.normal(0, math.sqrt(1 / (2 * dim)), size=(2, N, dim))  # Re, Im ~ N(0, 1/(2H))
-        self.B = Parameter(np.concatenate([B[0].T, B[1].T], axis=1).astype(f32), no_decay=True)
+        self.B = Parameter(np.stack([B[0].T, B[1].T], axis=-1).reshape(dim, 2 * N).astype(f32), no_decay=True)
         C = rng.normal(0, math.sqrt(1 / N), size=(2, dim, N))  # Re, Im ~ N(0, 1/N)
-        self.C = Parameter(np.concatenate([C[0].T, -C[1].T], axis=0).astype(f32))
+        self.C = Parameter(np.stack([C[0].T, -C[1].T], axis=1).reshape(2 * N, dim).astype(f32))
         self.D = Parameter(rng.normal(size=dim).astype(f32), no_decay=True)
         self.h0 = Parameter(np.zeros(2 * N, f32), no_decay=True) if learn_h0 else None
 
@@ -261,11 +273,12 @@ class LRU(nn.Module):
     @no_grad()
     def step(self, x_t, state=None):
         x_t = as_tensor(x_t)
-        xp, N = x_t.xp, self.N
+        xp = x_t.xp
         s = self._h0(state, x_t.shape[0])
-        bu2 = x_t.data @ self.B.data
-        bu = xp.exp(self.gamma_log.data) * (bu2[:, :N] + 1j * bu2[:, N:])
-        h = bu if s is None else self.lam() * (s.data[:, :N] + 1j * s.data[:, N:]) + bu
-        h2 = xp.concatenate([h.real, h.imag], axis=-1).astype(x_t.dtype)
+        ctype = np.result_type(x_t.dtype, np.complex64)
+        h = _as_complex(xp, x_t.data @ self.B.data, ctype) * xp.exp(self.gamma_log.data)
+        if s is not None:
+            h += self.lam().astype(ctype) * _as_complex(xp, s.data, ctype)
+        h2 = h.view(x_t.dtype)
         y = h2 @ self.C.data + x_t.data * self.D.data
         return Tensor(y), Tensor(h2)

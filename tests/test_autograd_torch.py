@@ -44,14 +44,14 @@ def torch_min_rnn(layer, x, h0, kind):
 def torch_lru(layer, x, h0):
     N = layer.N
     lam = torch.exp(-torch.exp(layer.nu_log) + 1j * torch.exp(layer.theta_log))
-    Bu = torch.exp(layer.gamma_log) * torch.complex(x @ layer.B[:, :N], x @ layer.B[:, N:])
-    h, hs = torch.complex(h0[:, :N], h0[:, N:]), []
+    Bu = torch.exp(layer.gamma_log) * torch.complex(x @ layer.B[:, 0::2], x @ layer.B[:, 1::2])
+    h, hs = torch.complex(h0[:, 0::2], h0[:, 1::2]), []
     for t in range(x.shape[1]):
         h = lam * h + Bu[:, t]
         hs.append(h)
     hs = torch.stack(hs, 1)
-    y = hs.real @ layer.C[:N] + hs.imag @ layer.C[N:] + layer.D * x
-    return y, torch.cat([h.real, h.imag], -1)
+    y = hs.real @ layer.C[0::2] + hs.imag @ layer.C[1::2] + layer.D * x
+    return y, torch.stack([h.real, h.imag], -1).reshape(h.shape[0], 2 * N)
 
 
 class TorchParams:
