@@ -1,0 +1,135 @@
+"""`mincore train` and `mincore eval`: build a task Config, call the shared loop, report the files."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .main import main
+
+TASKS = ("copy",)  # mincore.tasks.TASKS; listed here too so `--help` needs no imports
+ENGINES = ("numpy", "logspace", "numba", "numba-cuda", "cupy")
+
+
+def _check_engine(engine):
+    if engine is None:
+        return None
+    from mincore.backend import engines
+
+    table = engines()
+    if engine not in table:
+        raise click.BadParameter(f"unknown engine {engine!r}; expected one of {', '.join(table)}",
+                                 param_hint="--engine")
+    if not table[engine]["available"]:
+        raise click.BadParameter(f"engine {engine!r} cannot run here: {table[engine]['reason']}",
+                                 param_hint="--engine")
+    return engine
+
+
+def _minutes(s: float) -> str:
+    return f"{int(s // 60)}m{s % 60:04.1f}s" if s >= 60 else f"{s:.1f}s"
+
+
+@main.command()
+@click.option("--task", type=click.Choice(TASKS), default="copy", show_default=True,
+              help="Which task to train (shakespeare and rl are not implemented yet).")
+@click.option("--preset", default="default", show_default=True,
+              help="Named settings: default (2-core CPU, minutes) or paper (the published setting).")
+@click.option("--model", default=None, help="Recurrent cell: mingru or minlstm. [default: mingru]")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Optimizer steps (overrides the preset).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Sequences per step.")
+@click.option("--eval-every", type=click.IntRange(min=1), default=None, help="Steps between evaluations.")
+@click.option("--seed", type=int, default=None,
+              help="Seed of the model init, dropout and training data. [default: 0]")
+@click.option("--engine", default=None,
+              help="Kernel engine: numba (CPU default), numpy, logspace, cupy, numba-cuda.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run directory. [default: runs/TASK-MODEL]")
+@click.option("--resume", is_flag=True, help="Continue the run saved in --out (its own settings).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out, resume, quiet):
+    """Train a task; writes config.json, metrics.jsonl, checkpoint.h5, summary.json and
+    learning_curve.png into --out. Ctrl-C stops after the current step with a checkpoint.
+
+    \b
+    Examples:
+      mincore train --task copy                          # minGRU, default preset, a few minutes
+      mincore train --task copy --model minlstm --out runs/lstm
+      mincore train --task copy --preset paper --engine cupy
+      mincore train --task copy --out runs/lstm --resume # continue after Ctrl-C
+    """
+    from mincore.autograd import load_checkpoint
+    from mincore.tasks import get_task
+    from mincore.tasks.loop import NonFiniteLoss
+
+    mod = get_task(task)
+    if preset not in mod.PRESETS:
+        raise click.BadParameter(f"unknown preset {preset!r} for task {task}; expected one of "
+                                 f"{', '.join(mod.PRESETS)}", param_hint="--preset")
+    if model is not None and model not in mod.MODELS:
+        raise click.BadParameter(f"unknown model {model!r} for task {task}; expected one of "
+                                 f"{', '.join(mod.MODELS)}", param_hint="--model")
+    out = out or f"runs/{task}-{model or mod.PRESETS[preset].model}"
+    engine = _check_engine(engine)
+    if resume:
+        ctx = click.get_current_context()
+        given = [f"--{p.replace('_', '-')}" for p in ("preset", "model", "steps", "batch_size", "eval_every",
+                                                     "seed", "engine")
+                 if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise click.UsageError(f"--resume continues the saved run with its own settings; drop "
+                                   f"{', '.join(given)} (or start a new run with another --out)")
+        import os
+
+        path = os.path.join(out, "checkpoint.h5")
+        if not os.path.exists(path):
+            raise click.ClickException(f"--resume: no checkpoint at {path} (start the run without --resume)")
+        ck = load_checkpoint(path)
+        if ck.config.get("task") != task:
+            raise click.ClickException(f"--resume: {path} is a {ck.config.get('task')!r} run, not {task!r}")
+        cfg = mod.from_dict(ck.config["config"])
+        click.echo(f"resuming {out} at step {ck.step} of {cfg.steps}", err=True)
+    else:
+        cfg = mod.config(preset, model=model, steps=steps, batch_size=batch_size, eval_every=eval_every,
+                         seed=seed, engine=engine)
+        cfg.validate()
+    try:
+        s = mod.train(cfg, out, resume=resume, progress=not quiet)
+    except NonFiniteLoss as e:
+        raise click.ClickException(str(e)) from None
+    if s["status"] == "interrupted":
+        click.echo(f"interrupted at step {s['steps']}; checkpoint saved. Continue with:\n"
+                   f"  mincore train --task {task} --out {out} --resume", err=True)
+        sys.exit(130)
+    metric = "accuracy" if "accuracy" in s else "loss"
+    click.echo(f"{task} {cfg.model}: held-out {metric} {s[metric]:.4f} (loss {s['loss']:.4f}) after "
+               f"{s['steps']} steps in {_minutes(s['wall_seconds'])} [{s['status']}]")
+    click.echo(f"files in {out}/: config.json metrics.jsonl checkpoint.h5 summary.json learning_curve.png")
+
+
+@main.command(name="eval")
+@click.option("--checkpoint", "path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A checkpoint.h5 written by `mincore train`.")
+@click.option("--engine", default=None,
+              help="Kernel engine to evaluate with (default: the run's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
+def evaluate(path, engine, as_json):
+    """Reload a checkpoint and re-evaluate it on its task's held-out set (the run's final
+    checkpoint gives the same numbers as its summary.json).
+
+    \b
+    Examples:
+      mincore eval --checkpoint runs/copy-mingru/checkpoint.h5
+      mincore eval --checkpoint runs/copy-mingru/checkpoint.h5 --json
+    """
+    from mincore.tasks import evaluate_checkpoint
+
+    metrics, meta = evaluate_checkpoint(path, _check_engine(engine))
+    if as_json:
+        click.echo(json.dumps(metrics))
+        return
+    click.echo(f"{meta['task']} {meta.get('model', '')} at step {meta['step']}: "
+               + "  ".join(f"{k} {v:.6g}" for k, v in metrics.items()))

@@ -1,0 +1,231 @@
+"""Selective copying (Gu & Dao 2023, sec. 3.1; Feng et al. 2024, sec. 4.1 and appendix C).
+
+A sequence of L tokens from a vocabulary of 16: noise token 15 everywhere except N data tokens
+(drawn uniformly from 1..14) at random sorted positions among the first L - N, then N marker tokens 0.
+At the N marker positions the model must output the N data tokens in order; loss and accuracy count
+those N positions only. Training batches are drawn on the fly from a seeded numpy Generator; the
+held-out set is a fixed set of sequences from a separate seed (a random sequence of the default size
+repeats one of them with probability below 1e-20, so held-out means never trained on).
+
+Model (the paper's): embedding -> n_layers pre-norm residual minRNN blocks (RMSNorm, minGRU or
+minLSTM with expansion, dropout; no conv, no MLP) -> RMSNorm -> linear head. Only the N marker
+positions are scored, so the last block's output projection, the final norm and the head run on those
+positions alone: the same numbers as the full model, with fewer multiplies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+from mincore.autograd import F, nn, no_grad, ops, optim, primitive
+
+import mincore
+from mincore.backend import get_array_module
+from mincore.layers import min_gru_op, min_lstm_op
+from mincore.models import Block
+
+from . import loop
+from .loop import LoopConfig
+
+__all__ = ["CopyConfig", "PRESETS", "MODELS", "NOISE", "MARKER", "make_batch", "CopyModel", "CopyTask"]
+
+NOISE, MARKER = 15, 0  # the official data's tokens; data tokens are 1 .. vocab - 2
+MODELS = ("mingru", "minlstm")
+GPU_ENGINES = ("cupy", "numba-cuda")
+
+
+@dataclass(frozen=True)
+class CopyConfig(LoopConfig):
+    model: str = "mingru"            # recurrent cell: mingru | minlstm
+    seq_len: int = 64                # L: tokens per sequence, markers included (data region L - N)
+    n_data: int = 16                 # N: data tokens to copy, in order
+    vocab: int = 16                  # tokens: marker 0, data 1 .. vocab-2, noise vocab-1
+    d_model: int = 64                # residual stream width
+    expansion: float = 6.0           # recurrent state width = expansion * d_model
+    n_layers: int = 3                # residual minRNN blocks
+    dropout: float = 0.1             # after each recurrent layer (training only)
+    eval_size: int = 1024            # held-out sequences
+    eval_batch: int = 256            # held-out sequences per forward pass
+    eval_seed: int = 20240917        # seed of the held-out set (its own stream, never trained on)
+
+    def validate(self):
+        super().validate()
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.vocab < 3 or self.n_data < 1 or self.seq_len < 2 * self.n_data:
+            raise ValueError(f"need vocab >= 3, n_data >= 1 and seq_len >= 2 * n_data; got vocab "
+                             f"{self.vocab}, n_data {self.n_data}, seq_len {self.seq_len}")
+        if min(self.d_model, self.n_layers, self.eval_size, self.eval_batch) < 1 or self.expansion <= 0:
+            raise ValueError("d_model, n_layers, eval_size, eval_batch and expansion must be positive")
+
+
+PRESETS = {
+    # 2-core CPU, a few minutes: L = 64 (48-token data region), the paper's N = 16, model and batch as
+    # in the paper; a higher peak lr with warmup + cosine decay (see docs/COPY_TASK.md for the runs).
+    "default": CopyConfig(seq_len=64, n_data=16, batch_size=64, steps=3000, lr=3e-3, warmup=100,
+                          eval_every=250),
+    # Feng et al. 2024 (released config): L = 4096, N = 16, batch 64 as two micro-batches of 32,
+    # AdamW lr 3e-4, weight decay 0.05 (not on gate projections, biases, norms), clip 1.0,
+    # up to 400k steps, early stopping after 10 evaluations without a better accuracy.
+    "paper": CopyConfig(seq_len=4096, n_data=16, batch_size=64, micro_batch=32, steps=400_000, lr=3e-4,
+                        warmup=1000, min_lr_factor=0.1, weight_decay=0.05, eval_every=2000, log_every=50,
+                        patience=10, eval_size=1024, eval_batch=64),
+}
+
+
+def make_batch(rng, size: int, seq_len: int, n_data: int, vocab: int = 16):
+    """(x (size, seq_len) int64 tokens, y (size, n_data) int64 targets = the data tokens in order)."""
+    region = seq_len - n_data
+    keys = rng.random((size, region))
+    pos = np.sort(np.argpartition(keys, n_data - 1, axis=1)[:, :n_data], axis=1)  # N distinct, sorted
+    y = rng.integers(1, vocab - 1, (size, n_data))
+    x = np.full((size, seq_len), vocab - 1, np.int64)
+    np.put_along_axis(x, pos, y, axis=1)
+    x[:, region:] = MARKER
+    return x, y.astype(np.int64)
+
+
+class CopyModel(nn.Module):
+    """Embedding -> blocks -> RMSNorm -> head; forward(x, n_out) returns logits (B, n_out, vocab) for
+    the last n_out positions only."""
+
+    def __init__(self, cfg: CopyConfig):
+        rng = np.random.default_rng(cfg.seed)
+        self.embed = nn.Embedding(cfg.vocab, cfg.d_model, rng=rng)
+        self.blocks = [Block(cfg.d_model, cell=cfg.model, expansion=cfg.expansion, norm="rms",
+                             dropout=cfg.dropout, engine=cfg.engine, rng=rng) for _ in range(cfg.n_layers)]
+        self.norm = nn.RMSNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab, rng=rng)
+
+    def forward(self, x, n_out: int):
+        blocks = self.blocks
+        h = self.embed(x)
+        h = self._first_block(blocks[0], x, h) if len(blocks) > 1 else h
+        for blk in blocks[1:-1]:
+            h, _ = blk(h)
+        # last block, x + Dropout(RNN(Norm(x))), with the RNN's output projection on n_out positions
+        blk = blocks[-1]
+        s = _project_scan(blk.rnn, blk.norm1(h))[:, -n_out:]
+        h = h[:, -n_out:] + blk.drop(_out(blk.rnn, s))
+        return self.head(self.norm(h))
+
+    def _first_block(self, blk, x, h):
+        """The first block's input is an embedding row, so Norm + input projection depend on the token
+        alone: project the (vocab, d) table once and gather rows (token_scan) instead of a GEMM over
+        every position; its gradient reaches the table through the same tape."""
+        rnn, lin = blk.rnn, blk.rnn.to_hidden
+        table = ops.linear(blk.norm1(self.embed.weight), lin.weight, lin.bias)  # (vocab, n_pre * inner)
+        s = token_scan(table, x, **_cell_kw(rnn))
+        return h + blk.drop(_out(rnn, s))
+
+
+def _cell_kw(rnn):
+    kw = {"cell": "min_gru" if rnn.n_pre == 2 else "min_lstm", "n": rnn.n_pre, "log_space": rnn.log_space,
+          "engine": rnn.engine}
+    return kw if rnn.n_pre == 2 else {**kw, "normalize": rnn.normalize}
+
+
+def _project_scan(rnn, x):
+    lin, kw = rnn.to_hidden, _cell_kw(rnn)
+    op = min_gru_op if kw.pop("cell") == "min_gru" else min_lstm_op
+    kw.pop("n")
+    return op(x, lin.weight, lin.bias, None, **kw)
+
+
+def _out(rnn, s):
+    return rnn.to_out(s) if rnn.to_out is not None else s
+
+
+@primitive
+def token_scan(table, idx, *, cell, n, **kw):
+    """h = mincore.<cell>(*pre) with pre_j = table[:, j-th block of columns][idx]: the recurrence over
+    per-token pre-activations (table (V, n I), idx (B, T) ints). VJP: the backward kernel, then the
+    per-token sums of dpre_j (one-hot (V, BT) @ (BT, I)) into the table's columns."""
+    xp = get_array_module(table)
+    V, size = table.shape[0], table.shape[1] // n
+    pre = [xp.ascontiguousarray(table[:, j * size:(j + 1) * size])[idx] for j in range(n)]
+    h = getattr(mincore, cell)(*pre, None, **kw)
+
+    def token_scan_vjp(g):
+        *dpre, _ = getattr(mincore, cell + "_backward")(*pre, h, xp.ascontiguousarray(g), None, **kw)
+        onehot_t = (xp.arange(V)[:, None] == idx.reshape(1, -1)).astype(table.dtype)  # (V, B T)
+        return xp.concatenate([onehot_t @ d.reshape(-1, size) for d in dpre], axis=1), None
+    return h, token_scan_vjp
+
+
+class CopyTask:
+    """The selective-copying task for mincore.tasks.loop.train."""
+
+    metric, higher_is_better = "accuracy", True
+
+    def __init__(self, cfg: CopyConfig):
+        cfg.validate()
+        self.cfg = cfg
+        self.model = CopyModel(cfg)
+        self.xp = np
+        if cfg.engine in GPU_ENGINES:  # GPU engines take CuPy arrays: parameters and batches move there
+            import cupy
+
+            self.xp = cupy
+            self.model.to(cupy)
+        x, y = make_batch(np.random.default_rng((cfg.eval_seed, 2)), cfg.eval_size, cfg.seq_len, cfg.n_data,
+                          cfg.vocab)
+        self.eval_x, self.eval_y = self.xp.asarray(x), self.xp.asarray(y)
+
+    def param_groups(self):
+        # no decay on biases, norm gains and the recurrent layers' gate projections (to_hidden:
+        # the gates and the candidate share its matrix), as for the LRU's recurrent parameters
+        gates = [n for n, _ in self.model.named_parameters() if ".rnn.to_hidden." in n]
+        return optim.param_groups(self.model.named_parameters(), self.cfg.weight_decay, gates)
+
+    def batch(self, rng, size):
+        c = self.cfg
+        x, y = make_batch(rng, size, c.seq_len, c.n_data, c.vocab)
+        return self.xp.asarray(x), self.xp.asarray(y)
+
+    def loss(self, batch):
+        x, y = batch
+        logits = self.model(x, self.cfg.n_data)
+        acc = float((logits.data.argmax(-1) == y).mean())
+        return F.cross_entropy(logits, y), {"accuracy": acc}
+
+    @no_grad()
+    def evaluate(self) -> dict:
+        """Mean cross entropy and accuracy over the N copied tokens of the held-out set, and the
+        fraction of sequences copied without a mistake."""
+        c, nll, hits, whole = self.cfg, 0.0, 0, 0
+        for i in range(0, c.eval_size, c.eval_batch):
+            x, y = self.eval_x[i:i + c.eval_batch], self.eval_y[i:i + c.eval_batch]
+            logits = self.model(x, c.n_data)
+            nll += float(F.cross_entropy(logits, y).item()) * y.size
+            right = logits.data.argmax(-1) == y
+            hits, whole = hits + int(right.sum()), whole + int(right.all(axis=1).sum())
+        n = self.eval_y.size
+        return {"loss": nll / n, "accuracy": hits / n, "sequence_accuracy": whole / c.eval_size}
+
+
+def config(preset: str = "default", **overrides) -> CopyConfig:
+    """A preset with some fields replaced (None values are ignored)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def from_dict(d: dict) -> CopyConfig:
+    """The Config saved in config.json / a checkpoint (JSON lists back to tuples)."""
+    fields = {f.name for f in dataclasses.fields(CopyConfig)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+        raise ValueError(f"unknown copy-task config fields {unknown}")
+    return CopyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+Task = CopyTask
+
+
+def train(cfg: CopyConfig, out="runs/copy", *, resume: bool = False, progress: bool = True) -> dict:
+    """Train the selective-copying model; files go to `out` (see mincore.tasks.loop)."""
+    return loop.train(CopyTask(cfg), cfg, out, task_name="copy", resume=resume, progress=progress,
+                      extra={"model": cfg.model})

@@ -1,0 +1,138 @@
+"""`mincore train` / `mincore eval` through click's CliRunner: files, eval = summary, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from mincore.autograd import Tensor, load_checkpoint
+from mincore.cli.main import main
+from mincore.tasks import copy as C
+from mincore.tasks.loop import FILES
+
+FAST = ["--task", "copy", "--quiet", "--eval-every", "2"]
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def small_eval(monkeypatch):
+    """A smaller held-out set keeps each run to a second or two (the CLI has no option for it)."""
+    monkeypatch.setitem(C.PRESETS, "default", C.config("default", eval_size=128))
+
+
+@pytest.mark.parametrize("cmd", [["train"], ["eval"]])
+def test_help_has_an_example(cmd):
+    r = run(*cmd, "--help")
+    assert r.exit_code == 0, r.output
+    assert "Example" in r.output and f"mincore {cmd[0]}" in r.output
+
+
+def test_train_writes_every_file_and_eval_reproduces_summary(tmp_path, small_eval):
+    out = tmp_path / "run"
+    r = run("train", *FAST, "--steps", "2", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert "held-out accuracy" in r.output
+    for name in FILES:
+        assert (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("accuracy", "loss", "steps", "wall_seconds", "parameters", "engine", "machine"):
+        assert key in summary, key
+    assert summary["steps"] == 2
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {e["split"] for e in events} == {"train", "eval"}
+    assert all({"step", "loss", "lr", "wall"} <= set(e) for e in events)
+    r = run("eval", "--checkpoint", str(out / "checkpoint.h5"), "--json")
+    assert r.exit_code == 0, r.output
+    metrics = json.loads(r.output)
+    assert metrics["accuracy"] == summary["accuracy"] and metrics["loss"] == summary["loss"]
+    assert "accuracy" in run("eval", "--checkpoint", str(out / "checkpoint.h5")).output
+
+
+def _interrupt_at(monkeypatch, call):
+    """Send SIGINT (Ctrl-C) from inside the `call`-th training batch draw."""
+    orig, n = C.CopyTask.batch, {"calls": 0}
+
+    def batch(self, rng, size):
+        n["calls"] += 1
+        if n["calls"] == call:
+            os.kill(os.getpid(), signal.SIGINT)
+        return orig(self, rng, size)
+    monkeypatch.setattr(C.CopyTask, "batch", batch)
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, small_eval, monkeypatch):
+    args = [*FAST, "--steps", "5", "--seed", "7"]
+    assert run("train", *args, "--out", str(tmp_path / "a")).exit_code == 0
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 3)
+        r = run("train", *args, "--out", str(tmp_path / "b"))
+    assert r.exit_code == 130 and "--resume" in r.output
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.h5").step == 3
+    r = run("train", "--task", "copy", "--quiet", "--out", str(tmp_path / "b"), "--resume")
+    assert r.exit_code == 0, r.output
+    a, b = (load_checkpoint(tmp_path / d / "checkpoint.h5") for d in "ab")
+    assert a.step == b.step == 5
+    for name, p in a.params.items():
+        assert np.array_equal(p, b.params[name]), name
+    sa, sb = (json.loads((tmp_path / d / "summary.json").read_text()) for d in "ab")
+    assert sa["accuracy"] == sb["accuracy"] and sa["loss"] == sb["loss"]
+    steps = [e["step"] for e in map(json.loads, (tmp_path / "b" / "metrics.jsonl").read_text().splitlines())
+             if e["split"] == "eval"]
+    assert steps == [2, 4, 5]  # no duplicated or lost events across the interruption
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, small_eval, monkeypatch):
+    orig, n = C.CopyTask.loss, {"calls": 0}
+
+    def loss(self, batch):
+        n["calls"] += 1
+        value, metrics = orig(self, batch)
+        return (value * Tensor(np.float32("nan")) if n["calls"] == 3 else value), metrics
+    monkeypatch.setattr(C.CopyTask, "loss", loss)
+    r = run("train", *FAST, "--steps", "6", "--out", str(tmp_path))
+    assert r.exit_code == 1
+    assert "non-finite loss at step 3" in r.output and "Traceback" not in r.output
+    ck = load_checkpoint(tmp_path / "checkpoint.h5")
+    assert ck.step == 2 and all(np.isfinite(p).all() for p in ck.params.values())
+    assert not (tmp_path / "summary.json").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "--task", "shakespeare"], "'--task'"),
+    (["train", "--model", "gru", "--steps", "1"], "--model"),
+    (["train", "--preset", "huge"], "--preset"),
+    (["train", "--steps", "0"], "--steps"),
+    (["train", "--batch-size", "x"], "--batch-size"),
+    (["train", "--engine", "fortran"], "--engine"),
+    (["train", "--bogus"], "--bogus"),
+    (["eval"], "--checkpoint"),
+    (["eval", "--checkpoint", "/no/such/file.h5"], "does not exist"),
+])
+def test_bad_arguments_give_one_line_errors(args, needle):
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code != 0 and isinstance(r.exception, SystemExit)
+    errors = [line for line in r.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and needle in errors[0], r.output
+    assert "Traceback" not in r.output
+
+
+def test_eval_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
+    bad = tmp_path / "notes.h5"
+    bad.write_text("not hdf5")
+    r = CliRunner().invoke(main, ["eval", "--checkpoint", str(bad)])
+    assert r.exit_code == 1 and "not a readable HDF5 checkpoint" in r.output
+    assert isinstance(r.exception, SystemExit)
+
+
+def test_resume_needs_a_checkpoint_and_its_own_settings(tmp_path):
+    r = CliRunner().invoke(main, ["train", "--out", str(tmp_path), "--resume"])
+    assert r.exit_code == 1 and "no checkpoint" in r.output
+    r = CliRunner().invoke(main, ["train", "--out", str(tmp_path), "--resume", "--steps", "9"])
+    assert r.exit_code == 2 and "drop --steps" in r.output
