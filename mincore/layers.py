@@ -108,37 +108,41 @@ def _as_complex(xp, pairs, ctype):
 
 
 @primitive
-def lru_op(bu2, nu_log, theta_log, gamma_log, h0, *, engine=None):
-    """LRU recurrence on interleaved real pairs: h_t = Lambda h_{t-1} + gamma (Bu)_t (complex, N
-    channels), where bu2 (B, T, 2N) holds (Re Bu, Im Bu) per channel and h0 (B, 2N) likewise (or
-    None); returns h as pairs (B, T, 2N). Pairs and complex arrays are views of each other, so the
-    only full passes besides the kernels are gamma * Bu and its adjoint.
+def lru_op(x, B, nu_log, theta_log, gamma_log, h0, *, engine=None):
+    """LRU recurrence with its input projection, on interleaved real pairs (Re, Im) per channel:
+        Bu = x @ (B diag(gamma)) viewed as complex (B (dim, 2N) is B^T as pairs),
+        h_t = Lambda h_{t-1} + Bu_t   (mincore.lru_scan),   returned as pairs (B, T, 2N).
+    gamma scales the (dim, 2N) weights, not the (B, T, 2N) activations, and pairs are views of the
+    complex arrays, so the GEMMs and the kernels are the only full passes. h0: pairs (B, 2N) or None.
 
-    VJP (complex gradients as dL/dRe + i dL/dIm, from lru_scan_backward):
-        dBu = gamma dbu,  dgamma_log_j = sum_{b,t} (dbu2 * bu2) over channel j's pair,
+    VJP (complex gradients as dL/dRe + i dL/dIm, from lru_scan_backward; dbu as pairs = dL/dBu):
+        dx = dbu @ Bg^T, dBg = x^T dbu, dB = dBg gamma, dgamma_log_j = gamma_j sum(dBg B) over pair j,
         dw = dlam conj(Lambda) for w = -exp(nu_log) + i exp(theta_log), so
         dnu_log = -exp(nu_log) Re(dw),  dtheta_log = exp(theta_log) Im(dw).
     """
-    xp = get_array_module(bu2)
+    xp = get_array_module(x)
     N = nu_log.shape[0]
-    ctype = np.result_type(bu2.dtype, np.complex64)
+    ctype = np.result_type(x.dtype, np.complex64)
     lam = _lru_lambda(xp, nu_log, theta_log).astype(ctype)
-    gamma = xp.exp(gamma_log)
-    bu = _as_complex(xp, bu2, ctype) * gamma
+    gamma2 = xp.repeat(xp.exp(gamma_log), 2)  # per pair entry
+    Bg = B * gamma2
+    x2 = x.reshape(-1, x.shape[-1])
+    bu = ops._mm(x2, Bg).view(ctype).reshape(*x.shape[:-1], N)
     h0c = None if h0 is None else _as_complex(xp, h0, ctype)
     h = cells.lru_scan(lam, bu, h0c, engine=engine)
 
     def lru_vjp(g):
         dlam, dbu, dh0 = cells.lru_scan_backward(lam, h, _as_complex(xp, g, ctype), h0c, engine=engine)
-        dbu *= gamma
-        dbu2 = dbu.view(bu2.dtype)
-        s = xp.einsum("ni,ni->i", dbu2.reshape(-1, 2 * N), bu2.reshape(-1, 2 * N))
+        g2 = dbu.view(x.dtype).reshape(-1, 2 * N)
+        dx = ops._mm(g2, Bg.T).reshape(x.shape)
+        dBg = ops._mm(x2.T, g2)
+        dgamma = (gamma2 * (dBg * B).sum(axis=0)).reshape(N, 2).sum(axis=1)
         dw = dlam * lam.conj()
         dnu = (-xp.exp(nu_log) * dw.real).astype(nu_log.dtype)
         dtheta = (xp.exp(theta_log) * dw.imag).astype(theta_log.dtype)
         dh02 = None if h0 is None else dh0.view(h0.dtype)
-        return dbu2, dnu, dtheta, s.reshape(N, 2).sum(axis=1).astype(gamma_log.dtype), dh02
-    return h.view(bu2.dtype), lru_vjp
+        return dx, dBg * gamma2, dnu, dtheta, dgamma.astype(gamma_log.dtype), dh02
+    return h.view(x.dtype), lru_vjp
 
 
 # ------------------------------------------------------------------------------ layers
@@ -263,8 +267,7 @@ class LRU(nn.Module):
     def forward(self, x, h0=None):
         x = as_tensor(x)
         h0 = self._h0(h0, x.shape[0])
-        h = lru_op(ops.linear(x, self.B), self.nu_log, self.theta_log, self.gamma_log, h0,
-                   engine=self.engine)
+        h = lru_op(x, self.B, self.nu_log, self.theta_log, self.gamma_log, h0, engine=self.engine)
         y = ops.linear(h, self.C) + x * self.D
         if x.shape[1] == 0:
             return y, h0 if h0 is not None else Tensor(x.xp.zeros((x.shape[0], 2 * self.N), x.dtype))
