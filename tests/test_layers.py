@@ -10,6 +10,7 @@ import pytest
 from autograd_check import vjp_dot_test
 from mincore.autograd import Tensor, ops
 
+from mincore.backend import get_array_module
 from mincore.layers import LRU, MinGRU, MinLSTM
 from mincore.models import SequenceModel
 
@@ -78,7 +79,7 @@ def run_steps(layer, x, state=None):
     for t in range(x.shape[1]):
         y, state = layer.step(x[:, t], state)
         ys.append(y.data)
-    return np.stack(ys, axis=1), state
+    return get_array_module(x).stack(ys, axis=1), state
 
 
 @pytest.mark.parametrize("kind", sorted(LAYERS))
