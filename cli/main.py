@@ -18,6 +18,8 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # click's own control flow (--help raises Exit, a RuntimeError)
         except (ValueError, TypeError, RuntimeError, FileNotFoundError, OSError) as e:
             raise click.ClickException(f"{type(e).__name__}: {e}") from None
 
