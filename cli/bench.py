@@ -60,19 +60,22 @@ def kernels(engines, shapes, dtype, repeats, gpu, log_space, no_torch, quick, js
                                      param_hint="--engine")
         if not table[n]["available"]:
             raise click.ClickException(f"engine {n!r} cannot run here: {table[n]['reason']}")
-    if gpu:
-        import cupy as xp
-    else:
-        xp = np
     shapes = [_shape(s) for s in shapes] or ([(8, 256, 64)] if quick else
                                              list(B.SHAPES_GPU if gpu else B.SHAPES_CPU))
     repeats = 3 if quick else repeats
-    rows = []
-    for shape in shapes:
-        click.echo(f"timing {shape} {dtype} ...", err=True)
-        rows += B.bench_min_gru(xp, shape, list(engines), dtype=np.dtype(dtype), repeats=repeats,
-                                log_space=log_space, torch=not no_torch)
-    click.echo(B.format_rows(rows))
+    if gpu:  # CUDA-event timings, device copy bandwidth in the same run (mincore.bench_gpu)
+        from mincore import bench_gpu
+
+        rows = bench_gpu.gpu_bench(shapes, list(engines), dtype=dtype, repeats=max(repeats, 20),
+                                   log_space=log_space, torch=not no_torch)
+        click.echo(bench_gpu.markdown(rows))
+    else:
+        rows = []
+        for shape in shapes:
+            click.echo(f"timing {shape} {dtype} ...", err=True)
+            rows += B.bench_min_gru(np, shape, list(engines), dtype=np.dtype(dtype), repeats=repeats,
+                                    log_space=log_space, torch=not no_torch)
+        click.echo(B.format_rows(rows))
     if json_path:
         with open(json_path, "w") as f:
             json.dump(rows, f, indent=1)

@@ -12,7 +12,7 @@ from .backend import get_engine
 from .kernels import gates
 
 
-def _setup(engine, h0, dtypes=checks.REAL, **seqs):
+def _setup(engine, h0, dtypes=checks.SEQ_REAL, **seqs):
     xp = checks.same_module(h0=h0, **seqs)
     shape, dtype = checks.sequences(dtypes, **seqs)
     name, impl = get_engine(engine, xp)

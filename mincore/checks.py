@@ -8,6 +8,9 @@ import numpy as np
 from .backend import get_array_module
 
 REAL = (np.dtype(np.float32), np.dtype(np.float64))
+# float16 is storage only (float32 accumulation): accepted for sequences, then refused by
+# engine_dtype for every engine whose DTYPES lacks it (today all but "cupy")
+SEQ_REAL = (np.dtype(np.float16), *REAL)
 COMPLEX = {np.dtype(np.complex64): np.dtype(np.float32), np.dtype(np.complex128): np.dtype(np.float64)}
 
 
@@ -39,7 +42,7 @@ def same_module(**named):
     return get_array_module(*[v for v in named.values() if v is not None])
 
 
-def sequences(dtypes=REAL, **named):
+def sequences(dtypes=SEQ_REAL, **named):
     """(B, T, D) arrays of one shape and one dtype from `dtypes`. Returns (shape, dtype)."""
     first = None
     for name, x in named.items():
