@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 from autograd_check import vjp_dot_test
-from mincore.autograd import Tensor, ops
+from mincore.autograd import Tensor, nn, ops
 
 from mincore.backend import get_array_module
 from mincore.layers import LRU, MinGRU, MinLSTM
@@ -194,3 +194,39 @@ def test_layers_on_cupy_match_numpy(kind):
         np.testing.assert_allclose(cupy.asnumpy(p.grad), grads[n], rtol=1e-3, atol=1e-4, err_msg=n)
     ys, hs = run_steps(layer, xg.data)
     np.testing.assert_allclose(cupy.asnumpy(ys), y.data, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [lambda: nn.GLU(3, rng=np.random.default_rng(0)),
+                                  lambda: nn.MLP(3, 5, rng=np.random.default_rng(0)),
+                                  lambda: nn.LayerNorm(3), lambda: nn.RMSNorm(3),
+                                  lambda: nn.Linear(3, 4, rng=np.random.default_rng(0))])
+def test_small_modules_gradients(make):
+    module = make().to(dtype=np.float64)
+    names = [n for n, _ in module.named_parameters()]
+
+    def f(x, *params):
+        saved = dict(module.named_parameters())
+        for n, p in zip(names, params, strict=True):
+            _set(module, n, p)
+        try:
+            return module(x)
+        finally:
+            for n in names:
+                _set(module, n, saved[n])
+    x = np.random.default_rng(1).standard_normal((2, 4, 3))
+    vjp_dot_test(f, x, *[p.data + 0.1 for _, p in module.named_parameters()], seed=2)
+
+
+def test_module_state_dict_round_trip_and_modes():
+    m = SequenceModel(vocab_size=5, d_model=4, d_output=5, n_layers=2, dropout=0.5, mlp=True)
+    sd = m.state_dict()
+    m2 = SequenceModel(vocab_size=5, d_model=4, d_output=5, n_layers=2, dropout=0.5, mlp=True, seed=1)
+    m2.load_state_dict(sd)
+    assert all(np.array_equal(p.data, sd[n]) for n, p in m2.named_parameters())
+    with pytest.raises(KeyError, match="missing"):
+        m2.load_state_dict({k: v for k, v in sd.items() if k != "head.weight"})
+    m2.eval()
+    assert not any(mod.training for mod in m2.modules())
+    x = np.zeros((1, 3), np.int64)
+    np.testing.assert_array_equal(m2(x)[0].data, m2(x)[0].data)  # eval: dropout off, deterministic
+    assert m2.train().blocks[0].drop.training
