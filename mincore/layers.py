@@ -1,8 +1,8 @@
 """Recurrent layers MinGRU, MinLSTM (Feng et al. 2024) and LRU (Orvieto et al. 2023) on mincore.autograd.
 
-Each recurrence is ONE autograd primitive: its forward calls the fused kernel (mincore.min_gru,
-min_lstm, lru_scan) and its VJP the explicit backward kernel with the saved output h, so no autograd
-runs through the scan. Every layer has
+Each recurrence, with its input projection, is ONE autograd primitive: its forward runs the GEMMs
+and the fused kernel (mincore.min_gru, min_lstm, lru_scan), its VJP the explicit backward kernel
+with the saved output h and the GEMMs' adjoints, so no autograd runs through the scan. Every layer has
     forward(x (B, T, dim), h0=None) -> (y (B, T, dim), h_last)   whole sequences (parallel scan)
     step(x_t (B, dim), state)      -> (y_t (B, dim), state)      recurrent inference, O(1) memory
 with state = None meaning the initial state (zeros, or the learned one). `engine` passes through to
@@ -148,7 +148,9 @@ def lru_op(x, B, nu_log, theta_log, gamma_log, h0, *, engine=None):
 # ------------------------------------------------------------------------------ layers
 class _MinRNN(nn.Module):
     """Shared body: to_hidden (dim -> n_pre * inner), the scan, to_out (inner -> dim, skipped when
-    inner == dim, as in the official code), optional learned initial state."""
+    inner == dim, as in the official code), optional learned initial state (learn_h0: a (inner,)
+    parameter, zeros at init, used as h0 as it is, also with log_space: the official code's choice
+    between a learned state and zeros; the paper's listings disagree on g(h0) vs h0)."""
 
     n_pre = 2
 
