@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
 
 from .main import main
 
-TASKS = ("copy",)  # mincore.tasks.TASKS; listed here too so `--help` needs no imports
+TASKS = ("copy", "shakespeare")  # mincore.tasks.TASKS; listed here too so `--help` needs no imports
 ENGINES = ("numpy", "logspace", "numba", "numba-cuda", "cupy")
 
 
@@ -34,7 +35,7 @@ def _minutes(s: float) -> str:
 
 @main.command()
 @click.option("--task", type=click.Choice(TASKS), default="copy", show_default=True,
-              help="Which task to train (shakespeare and rl are not implemented yet).")
+              help="Which task to train (rl is not implemented yet).")
 @click.option("--preset", default="default", show_default=True,
               help="Named settings: default (2-core CPU, minutes) or paper (the published setting).")
 @click.option("--model", default=None, help="Recurrent cell: mingru or minlstm. [default: mingru]")
@@ -46,11 +47,13 @@ def _minutes(s: float) -> str:
               help="Seed of the model init, dropout and training data. [default: 0]")
 @click.option("--engine", default=None,
               help="Kernel engine: numba (CPU default), numpy, logspace, cupy, numba-cuda.")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="shakespeare: a UTF-8 text file [default: tiny-shakespeare, downloaded once].")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory. [default: runs/TASK-MODEL]")
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out (its own settings).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out, resume, quiet):
+def train(task, preset, model, steps, batch_size, eval_every, seed, engine, data, out, resume, quiet):
     """Train a task; writes config.json, metrics.jsonl, checkpoint.h5, summary.json and
     learning_curve.png into --out. Ctrl-C stops after the current step with a checkpoint.
 
@@ -60,6 +63,7 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out,
       mincore train --task copy --model minlstm --out runs/lstm
       mincore train --task copy --preset paper --engine cupy
       mincore train --task copy --out runs/lstm --resume # continue after Ctrl-C
+      mincore train --task shakespeare --data input.txt  # character-level LM on a local text
     """
     from mincore.autograd import load_checkpoint
     from mincore.tasks import get_task
@@ -72,18 +76,18 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out,
     if model is not None and model not in mod.MODELS:
         raise click.BadParameter(f"unknown model {model!r} for task {task}; expected one of "
                                  f"{', '.join(mod.MODELS)}", param_hint="--model")
+    if data is not None and not hasattr(mod.PRESETS[preset], "data"):
+        raise click.BadParameter(f"task {task} reads no text file (only shakespeare does)", param_hint="--data")
     out = out or f"runs/{task}-{model or mod.PRESETS[preset].model}"
     engine = _check_engine(engine)
     if resume:
         ctx = click.get_current_context()
         given = [f"--{p.replace('_', '-')}" for p in ("preset", "model", "steps", "batch_size", "eval_every",
-                                                     "seed", "engine")
+                                                     "seed", "engine", "data")
                  if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
         if given:
             raise click.UsageError(f"--resume continues the saved run with its own settings; drop "
                                    f"{', '.join(given)} (or start a new run with another --out)")
-        import os
-
         path = os.path.join(out, "checkpoint.h5")
         if not os.path.exists(path):
             raise click.ClickException(f"--resume: no checkpoint at {path} (start the run without --resume)")
@@ -94,7 +98,7 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out,
         click.echo(f"resuming {out} at step {ck.step} of {cfg.steps}", err=True)
     else:
         cfg = mod.config(preset, model=model, steps=steps, batch_size=batch_size, eval_every=eval_every,
-                         seed=seed, engine=engine)
+                         seed=seed, engine=engine, **({"data": os.path.abspath(data)} if data else {}))
         cfg.validate()
     try:
         s = mod.train(cfg, out, resume=resume, progress=not quiet)

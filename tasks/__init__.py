@@ -1,7 +1,7 @@
 """mincore.tasks: the task trainers and the one training loop they share (tasks/loop.py).
 
     copy         selective copying (tasks/copy.py)
-    shakespeare  character-level language model (to come)
+    shakespeare  character-level language model (tasks/shakespeare.py)
     rl           Decision-minRNN on D4RL-format data (to come)
 
 A task module exposes PRESETS, MODELS, config(preset, **overrides) -> Config and a Task class
@@ -15,7 +15,7 @@ import importlib
 
 __all__ = ["TASKS", "get_task"]
 
-TASKS = {"copy": "mincore.tasks.copy"}
+TASKS = {"copy": "mincore.tasks.copy", "shakespeare": "mincore.tasks.shakespeare"}
 
 
 def get_task(name: str):

@@ -1,0 +1,326 @@
+"""Character-level Shakespeare (Feng et al. 2024, sec. 4.3; data and split as nanoGPT's shakespeare_char).
+
+Data: tiny-shakespeare (1,115,394 characters), or any UTF-8 text given as `data`. Vocabulary: the
+sorted set of the text's characters (65 for tiny-shakespeare), saved in the checkpoint's config.
+Split as nanoGPT: the first 90% of characters train, the last 10% test.
+
+Model (the paper's, appendix C): embedding -> n_layers blocks of
+    x = x + CausalConv1d_4(x);  x = x + Dropout(minRNN(RMSNorm(x)));  x = x + MLP(RMSNorm(x))
+-> RMSNorm -> linear head (mincore.models.SequenceModel), minRNN with expansion 2.
+
+Test loss (`loss`): nanoGPT's estimate, i.e. windows of `context` characters, every position
+counted, mean cross entropy in nats per character; here the windows tile the WHOLE test split
+(every test character predicted exactly once, with 1 .. context characters of context, the same
+distribution as nanoGPT's random windows, but exact and deterministic). `stateful_loss`: one pass
+over the whole test split as a single sequence, carrying the RNN and conv state (what an RNN user
+gets), evaluated in chunks of `eval_chunk` characters, which equals one pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mincore.autograd import F, no_grad
+
+from mincore.models import SequenceModel
+
+from . import loop
+from .loop import LoopConfig
+
+__all__ = ["ShakespeareConfig", "PRESETS", "MODELS", "CORPUS_URL", "CORPUS_SHA256", "Vocab", "corpus_path",
+           "load_text", "split", "build_model", "ShakespeareTask", "config", "from_dict", "train"]
+
+MODELS = ("mingru", "minlstm")
+GPU_ENGINES = ("cupy", "numba-cuda")
+CORPUS_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+CORPUS_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+CORPUS_NAME = "tinyshakespeare.txt"
+
+
+@dataclass(frozen=True)
+class ShakespeareConfig(LoopConfig):
+    model: str = "mingru"            # recurrent cell: mingru | minlstm
+    data: str | None = None          # UTF-8 text file; None: tiny-shakespeare from the per-user cache
+    context: int = 256               # characters per training window (and per test window)
+    d_model: int = 384               # residual stream width (embedding size)
+    expansion: float = 2.0           # recurrent state width = expansion * d_model
+    n_layers: int = 3                # blocks of conv -> minRNN -> MLP
+    conv_kernel: int = 4             # causal depthwise conv width (0: no conv)
+    mlp_mult: int = 4                # MLP hidden width = mlp_mult * d_model
+    dropout: float = 0.2             # after the minRNN and inside the MLP (training only)
+    eval_batch: int = 64             # test windows per forward pass
+    eval_chunk: int = 8192           # characters per forward in the stateful pass
+    stateful_eval: bool = True       # also report stateful_loss at every evaluation
+
+    def validate(self):
+        super().validate()
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if min(self.context, self.d_model, self.n_layers, self.mlp_mult, self.eval_batch, self.eval_chunk) < 1:
+            raise ValueError("context, d_model, n_layers, mlp_mult, eval_batch and eval_chunk must be >= 1")
+        if self.expansion <= 0 or not 0 <= self.dropout < 1 or self.conv_kernel < 0:
+            raise ValueError(f"need expansion > 0, 0 <= dropout < 1, conv_kernel >= 0; got {self.expansion}, "
+                             f"{self.dropout}, {self.conv_kernel}")
+
+
+PRESETS = {
+    # 2-core CPU, about 10-15 minutes (docs/SHAKESPEARE.md): the issue's prototype shape, 3 blocks of
+    # d 128 (0.71M parameters), context 128, batch 32, AdamW 2e-3 with cosine decay, weight decay 0.1,
+    # light dropout (a small model on ~1M characters for ~2 epochs barely overfits).
+    "default": ShakespeareConfig(d_model=128, context=128, batch_size=32, steps=2000, lr=2e-3, warmup=100,
+                                 min_lr_factor=0.1, weight_decay=0.1, dropout=0.1, clip=1.0, eval_every=250,
+                                 log_every=10),
+    # Feng et al. 2024 (appendix C): 3 layers, embedding 384, expansion 2, dropout 0.2, AdamW lr 1e-3,
+    # batch 64, 5000 steps, grad clip 0.25, test loss every 25 steps; context 256 as nanoGPT.
+    "paper": ShakespeareConfig(d_model=384, context=256, batch_size=64, steps=5000, lr=1e-3, warmup=100,
+                               min_lr_factor=0.1, weight_decay=0.1, dropout=0.2, clip=0.25, eval_every=25,
+                               log_every=5),
+}
+
+
+# ------------------------------------------------------------------------------ data
+def cache_dir() -> Path:
+    """$MINCORE_CACHE, else $XDG_CACHE_HOME/mincore, else ~/.cache/mincore."""
+    if os.environ.get("MINCORE_CACHE"):
+        return Path(os.environ["MINCORE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mincore"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def corpus_path(data=None, *, url: str = CORPUS_URL, cache: Path | None = None, timeout: float = 30.0) -> Path:
+    """`data` when given; else the cached tiny-shakespeare, downloaded once from `url` and verified
+    against CORPUS_SHA256 (a wrong file is refused, never used)."""
+    if data is not None:
+        p = Path(data).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"--data {data}: no such file")
+        return p
+    p = Path(cache) if cache is not None else cache_dir() / CORPUS_NAME
+    if p.is_dir():
+        p = p / CORPUS_NAME
+    how = (f"download {url} yourself and pass --data PATH (or save it as {p}); "
+           f"expected sha256 {CORPUS_SHA256}")
+    if p.exists():
+        if _sha256(p.read_bytes()) != CORPUS_SHA256:
+            raise ValueError(f"{p}: checksum mismatch (not tiny-shakespeare, or damaged); delete it or {how}")
+        return p
+    from urllib.request import urlopen
+
+    try:
+        with urlopen(url, timeout=timeout) as r:
+            raw = r.read()
+    except (OSError, ValueError) as e:  # URLError is an OSError; offline, DNS, refused, bad URL
+        raise RuntimeError(f"tiny-shakespeare is not cached and could not be downloaded ({e}); {how}") from None
+    if _sha256(raw) != CORPUS_SHA256:
+        raise ValueError(f"download from {url} failed the checksum (sha256 {_sha256(raw)}); refusing it; {how}")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".download-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(raw)
+    os.replace(tmp, p)  # atomic: a broken download never sits under the final name
+    return p
+
+
+def load_text(data=None, **kw) -> str:
+    p = corpus_path(data, **kw)
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{p}: not UTF-8 text ({e})") from None
+
+
+class Vocab:
+    """Characters <-> ids: id = position in the sorted character set."""
+
+    def __init__(self, chars: str):
+        self.chars = "".join(sorted(set(chars)))
+        self.index = {c: i for i, c in enumerate(self.chars)}
+
+    def __len__(self):
+        return len(self.chars)
+
+    def encode(self, text: str) -> np.ndarray:
+        missing = sorted(set(text) - set(self.index))
+        if missing:
+            raise ValueError(f"characters not in the vocabulary: {''.join(missing)!r}")
+        return np.fromiter((self.index[c] for c in text), np.int64, len(text))
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+
+def split(ids: np.ndarray, train_fraction: float = 0.9):
+    """nanoGPT's split: the first 90% train, the last 10% test."""
+    n = int(len(ids) * train_fraction)
+    return ids[:n], ids[n:]
+
+
+# ------------------------------------------------------------------------------ model and task
+def build_model(cfg: ShakespeareConfig, vocab_size: int) -> SequenceModel:
+    return SequenceModel(d_model=cfg.d_model, d_output=vocab_size, vocab_size=vocab_size, n_layers=cfg.n_layers,
+                         cell=cfg.model, expansion=cfg.expansion, norm="rms", conv_kernel=cfg.conv_kernel,
+                         mlp=True, mlp_hidden=cfg.mlp_mult * cfg.d_model, dropout=cfg.dropout,
+                         engine=cfg.engine, seed=cfg.seed)
+
+
+class ShakespeareTask:
+    """Character-level language modelling for mincore.tasks.loop.train."""
+
+    metric, higher_is_better = "loss", False
+
+    def __init__(self, cfg: ShakespeareConfig, text: str | None = None):
+        cfg.validate()
+        self.cfg = cfg
+        text = load_text(cfg.data) if text is None else text
+        self.vocab = Vocab(text)
+        self.train_ids, self.test_ids = split(self.vocab.encode(text))
+        if len(self.train_ids) < cfg.context + 2 or len(self.test_ids) < 2:
+            raise ValueError(f"text of {len(text)} characters is too short for context {cfg.context}")
+        self.model = build_model(cfg, len(self.vocab))
+        self.xp = np
+        if cfg.engine in GPU_ENGINES:
+            import cupy
+
+            self.xp = cupy
+            self.model.to(cupy)
+
+    def param_groups(self):
+        return self.model.param_groups(self.cfg.weight_decay)
+
+    def batch(self, rng, size):
+        """nanoGPT's get_batch: `size` random windows of context + 1 characters from the train split."""
+        T = self.cfg.context
+        start = rng.integers(0, len(self.train_ids) - T - 1, size)
+        w = self.train_ids[start[:, None] + np.arange(T + 1)]
+        return self.xp.asarray(w[:, :-1]), self.xp.asarray(w[:, 1:])
+
+    def loss(self, batch):
+        x, y = batch
+        logits, _ = self.model(x)
+        return F.cross_entropy(logits, y), {}
+
+    @no_grad()
+    def window_loss(self) -> float:
+        """Mean CE (nats/char) over non-overlapping context windows tiling the whole test split."""
+        c, ids = self.cfg, self.test_ids
+        x, y = ids[:-1], ids[1:]
+        n_full = len(x) // c.context
+        xs = x[:n_full * c.context].reshape(n_full, c.context)
+        ys = y[:n_full * c.context].reshape(n_full, c.context)
+        chunks = [(xs[i:i + c.eval_batch], ys[i:i + c.eval_batch]) for i in range(0, n_full, c.eval_batch)]
+        if len(x) > n_full * c.context:  # the remainder as one shorter window
+            chunks.append((x[None, n_full * c.context:], y[None, n_full * c.context:]))
+        return self._nll(chunks, carry=False) / len(y)
+
+    @no_grad()
+    def stateful_loss(self) -> float:
+        """Mean CE over the whole test split read as ONE sequence, state carried between chunks."""
+        c, ids = self.cfg, self.test_ids
+        x, y = ids[:-1], ids[1:]
+        chunks = [(x[None, i:i + c.eval_chunk], y[None, i:i + c.eval_chunk]) for i in range(0, len(x), c.eval_chunk)]
+        return self._nll(chunks, carry=True) / len(y)
+
+    def _nll(self, chunks, carry):
+        total, state = 0.0, None
+        for x, y in chunks:
+            logits, s = self.model(self.xp.asarray(x), state)
+            state = s if carry else None
+            total += float(F.cross_entropy(logits, self.xp.asarray(y)).item()) * y.size
+        return total
+
+    def evaluate(self) -> dict:
+        out = {"loss": self.window_loss()}
+        if self.cfg.stateful_eval:
+            out["stateful_loss"] = self.stateful_loss()
+        return out
+
+
+Task = ShakespeareTask
+
+
+def config(preset: str = "default", **overrides) -> ShakespeareConfig:
+    """A preset with some fields replaced (None values are ignored)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def from_dict(d: dict) -> ShakespeareConfig:
+    """The Config saved in config.json / a checkpoint (JSON lists back to tuples)."""
+    fields = {f.name for f in dataclasses.fields(ShakespeareConfig)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+        raise ValueError(f"unknown shakespeare config fields {unknown}")
+    return ShakespeareConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def train(cfg: ShakespeareConfig, out="runs/shakespeare", *, resume: bool = False, progress: bool = True) -> dict:
+    """Train the character-level model; files go to `out` (see mincore.tasks.loop). The vocabulary
+    and the data's sha256 go into config.json and every checkpoint."""
+    task = ShakespeareTask(cfg)
+    source = corpus_path(cfg.data)
+    extra = {"model": cfg.model, "vocab": task.vocab.chars, "data": str(source),
+             "data_sha256": _sha256(source.read_bytes())}
+    return loop.train(task, cfg, out, task_name="shakespeare", resume=resume, progress=progress, extra=extra)
+
+
+# ------------------------------------------------------------------------------ generation
+def load_model(path, engine: str | None = None):
+    """(model in eval mode, Vocab, checkpoint config) from a checkpoint written by `train`."""
+    from mincore.autograd import load_checkpoint
+
+    ck = load_checkpoint(path)
+    meta = ck.config or {}
+    if meta.get("task") != "shakespeare" or "vocab" not in meta:
+        raise ValueError(f"{path}: not a shakespeare checkpoint (task {meta.get('task')!r})")
+    cfg = dataclasses.replace(from_dict(meta["config"]), engine=engine)
+    vocab = Vocab(meta["vocab"])
+    model = build_model(cfg, len(vocab))
+    model.load_state_dict(ck.params)
+    if engine in GPU_ENGINES:
+        import cupy
+
+        model.to(cupy)
+    return model.eval(), vocab, {**meta, "step": ck.step}
+
+
+def _sample(logits: np.ndarray, rng, temperature: float, top_k: int | None) -> int:
+    """One draw from softmax(logits / temperature) restricted to the top_k largest (greedy at T = 0)."""
+    z = np.asarray(logits, np.float64)
+    if temperature <= 0:
+        return int(z.argmax())
+    z = z / temperature
+    if top_k and top_k < z.size:
+        z = np.where(z < np.partition(z, -top_k)[-top_k], -np.inf, z)
+    p = np.exp(z - z.max())
+    c = np.cumsum(p)
+    return int(min(np.searchsorted(c, rng.random() * c[-1], side="right"), z.size - 1))
+
+
+@no_grad()
+def generate(model, vocab: Vocab, prompt: str, tokens: int, *, temperature: float = 1.0, top_k: int | None = None,
+             seed: int | None = None):
+    """Yield `tokens` sampled characters after `prompt`: the prompt in ONE parallel forward pass
+    (which returns every block's state: the conv's last K-1 inputs and the RNN's h), then one
+    recurrent `step` per character, constant memory per token."""
+    if not prompt:
+        raise ValueError("prompt: expected at least one character")
+    rng = np.random.default_rng(seed)
+    xp = model.embed.weight.xp
+    host = (lambda a: a.get()) if xp is not np else (lambda a: a)  # noqa: E731
+    logits, state = model(xp.asarray(vocab.encode(prompt)[None]))
+    last = host(logits.data[0, -1])
+    for _ in range(tokens):
+        tok = _sample(last, rng, temperature, top_k)
+        yield vocab.chars[tok]
+        logits, state = model.step(xp.asarray([tok]), state)
+        last = host(logits.data[0])
