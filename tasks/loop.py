@@ -75,8 +75,15 @@ def _rngs(model):
 
 def machine() -> dict:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        import numba
+
+        threads = numba.get_num_threads()
+    except Exception:  # pragma: no cover - numba is a dependency
+        threads = None
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": cpus, "python": platform.python_version(), "numpy": np.__version__}
+            "cpus": cpus, "numba_threads": threads, "python": platform.python_version(),
+            "numpy": np.__version__}
 
 
 class _Run:

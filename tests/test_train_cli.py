@@ -105,7 +105,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, small_ev
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["train", "--task", "shakespeare"], "'--task'"),
+    (["train", "--task", "chess"], "'--task'"),
     (["train", "--model", "gru", "--steps", "1"], "--model"),
     (["train", "--preset", "huge"], "--preset"),
     (["train", "--steps", "0"], "--steps"),
