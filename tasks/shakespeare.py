@@ -19,11 +19,7 @@ gets), evaluated in chunks of `eval_chunk` characters, which equals one pass.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from mincore.autograd import F, no_grad
@@ -31,16 +27,14 @@ from mincore.autograd import F, no_grad
 from mincore.models import SequenceModel
 
 from . import loop
+from .chardata import CORPUS_NAME, CORPUS_SHA256, CORPUS_URL, Vocab, corpus_path, load_text, sha256, split
 from .loop import LoopConfig
 
-__all__ = ["ShakespeareConfig", "PRESETS", "MODELS", "CORPUS_URL", "CORPUS_SHA256", "Vocab", "corpus_path",
-           "load_text", "split", "build_model", "ShakespeareTask", "config", "from_dict", "train"]
+__all__ = ["ShakespeareConfig", "PRESETS", "MODELS", "CORPUS_URL", "CORPUS_SHA256", "CORPUS_NAME", "Vocab",
+           "corpus_path", "load_text", "split", "build_model", "ShakespeareTask", "config", "from_dict", "train"]
 
 MODELS = ("mingru", "minlstm")
 GPU_ENGINES = ("cupy", "numba-cuda")
-CORPUS_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-CORPUS_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-CORPUS_NAME = "tinyshakespeare.txt"
 
 
 @dataclass(frozen=True)
@@ -82,86 +76,6 @@ PRESETS = {
                                min_lr_factor=0.1, weight_decay=0.1, dropout=0.2, clip=0.25, eval_every=25,
                                log_every=5),
 }
-
-
-# ------------------------------------------------------------------------------ data
-def cache_dir() -> Path:
-    """$MINCORE_CACHE, else $XDG_CACHE_HOME/mincore, else ~/.cache/mincore."""
-    if os.environ.get("MINCORE_CACHE"):
-        return Path(os.environ["MINCORE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mincore"
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def corpus_path(data=None, *, url: str = CORPUS_URL, cache: Path | None = None, timeout: float = 30.0) -> Path:
-    """`data` when given; else the cached tiny-shakespeare, downloaded once from `url` and verified
-    against CORPUS_SHA256 (a wrong file is refused, never used)."""
-    if data is not None:
-        p = Path(data).expanduser()
-        if not p.is_file():
-            raise FileNotFoundError(f"--data {data}: no such file")
-        return p
-    p = Path(cache) if cache is not None else cache_dir() / CORPUS_NAME
-    if p.is_dir():
-        p = p / CORPUS_NAME
-    how = (f"download {url} yourself and pass --data PATH (or save it as {p}); "
-           f"expected sha256 {CORPUS_SHA256}")
-    if p.exists():
-        if _sha256(p.read_bytes()) != CORPUS_SHA256:
-            raise ValueError(f"{p}: checksum mismatch (not tiny-shakespeare, or damaged); delete it or {how}")
-        return p
-    from urllib.request import urlopen
-
-    try:
-        with urlopen(url, timeout=timeout) as r:
-            raw = r.read()
-    except (OSError, ValueError) as e:  # URLError is an OSError; offline, DNS, refused, bad URL
-        raise RuntimeError(f"tiny-shakespeare is not cached and could not be downloaded ({e}); {how}") from None
-    if _sha256(raw) != CORPUS_SHA256:
-        raise ValueError(f"download from {url} failed the checksum (sha256 {_sha256(raw)}); refusing it; {how}")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".download-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(raw)
-    os.replace(tmp, p)  # atomic: a broken download never sits under the final name
-    return p
-
-
-def load_text(data=None, **kw) -> str:
-    p = corpus_path(data, **kw)
-    try:
-        return p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{p}: not UTF-8 text ({e})") from None
-
-
-class Vocab:
-    """Characters <-> ids: id = position in the sorted character set."""
-
-    def __init__(self, chars: str):
-        self.chars = "".join(sorted(set(chars)))
-        self.index = {c: i for i, c in enumerate(self.chars)}
-
-    def __len__(self):
-        return len(self.chars)
-
-    def encode(self, text: str) -> np.ndarray:
-        missing = sorted(set(text) - set(self.index))
-        if missing:
-            raise ValueError(f"characters not in the vocabulary: {''.join(missing)!r}")
-        return np.fromiter((self.index[c] for c in text), np.int64, len(text))
-
-    def decode(self, ids) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
-
-
-def split(ids: np.ndarray, train_fraction: float = 0.9):
-    """nanoGPT's split: the first 90% train, the last 10% test."""
-    n = int(len(ids) * train_fraction)
-    return ids[:n], ids[n:]
 
 
 # ------------------------------------------------------------------------------ model and task
@@ -269,7 +183,7 @@ def train(cfg: ShakespeareConfig, out="runs/shakespeare", *, resume: bool = Fals
     task = ShakespeareTask(cfg)
     source = corpus_path(cfg.data)
     extra = {"model": cfg.model, "vocab": task.vocab.chars, "data": str(source),
-             "data_sha256": _sha256(source.read_bytes())}
+             "data_sha256": sha256(source.read_bytes())}
     return loop.train(task, cfg, out, task_name="shakespeare", resume=resume, progress=progress, extra=extra)
 
 
