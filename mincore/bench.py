@@ -7,7 +7,11 @@ one (B, T, D) array, counting bytes read plus bytes written; a kernel at 100% mo
 bytes as fast as a copy moves bytes. Times are medians; copy and kernels are interleaved so that a
 noisy neighbour affects both.
 
-CPU copy: a numba prange copy (the same threads and store instructions as the kernels).
+CPU copy: a numba prange copy (the same threads and store instructions as the kernels) into a
+preallocated destination. A public-API call allocates its outputs, and on this machine class the
+first touch of fresh pages runs at ~1 GB/s (page faults in a VM), which dominates large shapes; so
+the numba engine is also timed with preallocated outputs ("numba (out=)"): the kernel alone, on the
+same footing as the copy.
 GPU copy: CuPy device-to-device copy timed with CUDA events.
 """
 
@@ -19,6 +23,7 @@ import time
 import numpy as np
 
 from . import cells
+from .backend import get_engine
 
 SHAPES_CPU = ((64, 512, 256), (64, 4096, 256), (8, 65536, 64))
 SHAPES_GPU = ((64, 512, 256), (64, 4096, 256), (8, 65536, 256), (512, 64, 256))
@@ -102,6 +107,8 @@ def bench_min_gru(xp, shape, engines, *, dtype=np.float32, repeats=5, log_space=
         h = cells.min_gru(k, v, log_space=log_space, engine=eng)
         record(eng, lambda e=eng: cells.min_gru(k, v, log_space=log_space, engine=e),
                lambda e=eng, h=h: cells.min_gru_backward(k, v, h, dh, log_space=log_space, engine=e))
+        if eng == "numba":  # the kernels alone: outputs preallocated, as the copy's destination is
+            record(eng + " (out=)", *_preallocated(get_engine(eng, xp)[1], k, v, h, dh, log_space))
         del h
     if torch:
         for name, fwd, bwd in _torch_baselines(xp, k, v, dh):
@@ -111,6 +118,14 @@ def bench_min_gru(xp, shape, engines, *, dtype=np.float32, repeats=5, log_space=
         r["copy GB/s"] = copy_bw
         r["% of copy"] = 100 * r["GB/s"] / copy_bw
     return rows
+
+
+def _preallocated(impl, k, v, h, dh, log_space):
+    """(fwd, bwd) calls of an engine module that take preallocated outputs (`out=`)."""
+    h0 = np.zeros_like(k[:, 0])
+    hb, grads = np.empty_like(k), (np.empty_like(k), np.empty_like(k), np.empty_like(h0))
+    return (lambda: impl.min_gru(k, v, h0, log_space, out=hb),
+            lambda: impl.min_gru_backward(k, v, h, dh, h0, log_space, out=grads))
 
 
 def _torch_baselines(xp, k, v, dh):

@@ -29,6 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 from .numba_math import fast_dg, fast_g, fast_sigmoid
+from .numba_math import flush_subnormal as ftz
 from .numba_scan import JIT as _JIT
 from .numba_scan import ROW as _ROW
 from .numba_scan import U, block, job_range, lru_scan, lru_scan_backward, n_jobs, scan, scan_backward  # noqa: F401 (engine API)
@@ -60,9 +61,9 @@ def _gru_bwd_row(k, v, hp, dh, dk, dv, carry, o, p, n, one, log_space):
             x, dx = fast_g(v[u]), fast_dg(v[u])
         else:
             x, dx = v[u], one
-        dk[u] = g * (x - hp[w]) * z * (one - z)  # a = 1 - z, b = z h~: dk = G (h~ - h_{t-1}) z'
-        dv[u] = g * z * dx
-        carry[j] = (one - z) * g
+        dk[u] = ftz(g * (x - hp[w]) * z * (one - z))  # a = 1 - z, b = z h~: dk = G (h~ - h_{t-1}) z'
+        dv[u] = ftz(g * z * dx)
+        carry[j] = ftz((one - z) * g)  # subnormals flushed: see numba_math.flush_subnormal
 
 
 @functools.cache
@@ -97,16 +98,19 @@ def _gru_kernels(log_space: bool):
     return fwd, bwd
 
 
-def min_gru(k, v, h0, log_space):
+def min_gru(k, v, h0, log_space, out=None):
+    """`out`: a preallocated h (engine-level only; lets benchmarks and loops skip the allocation)."""
     B, _, D = k.shape
-    h, blk = np.empty_like(k), block(B, D)
+    h, blk = np.empty_like(k) if out is None else out, block(B, D)
     _gru_kernels(log_space)[0](k, v, h0, h, blk, n_jobs(B, D, blk))
     return h
 
 
-def min_gru_backward(k, v, h, dh, h0, log_space):
+def min_gru_backward(k, v, h, dh, h0, log_space, out=None):
+    """`out`: preallocated (dk, dv, dh0) (engine-level only)."""
     B, _, D = k.shape
-    dk, dv, dh0, blk = np.empty_like(k), np.empty_like(v), np.empty_like(h0), block(B, D)
+    dk, dv, dh0 = (np.empty_like(k), np.empty_like(v), np.empty_like(h0)) if out is None else out
+    blk = block(B, D)
     _gru_kernels(log_space)[1](k, v, h, dh, h0, dk, dv, dh0, k.dtype.type(1), blk, n_jobs(B, D, blk))
     return dk, dv, dh0
 
@@ -142,15 +146,15 @@ def _lstm_bwd_row(kf, ki, v, hp, dh, dkf, dki, dv, carry, o, p, n, one, normaliz
             r = one / (f + i)
             fp, ip = f * r, i * r
             ddiff = fp * ip * g * (x - hp[w])
-            dkf[u] = -(one - f) * ddiff
-            dki[u] = (one - i) * ddiff
-            dv[u] = g * ip * dx
-            carry[j] = fp * g
+            dkf[u] = ftz(-(one - f) * ddiff)
+            dki[u] = ftz((one - i) * ddiff)
+            dv[u] = ftz(g * ip * dx)
+            carry[j] = ftz(fp * g)
         else:
-            dkf[u] = g * hp[w] * f * (one - f)
-            dki[u] = g * x * i * (one - i)
-            dv[u] = g * i * dx
-            carry[j] = f * g
+            dkf[u] = ftz(g * hp[w] * f * (one - f))
+            dki[u] = ftz(g * x * i * (one - i))
+            dv[u] = ftz(g * i * dx)
+            carry[j] = ftz(f * g)
 
 
 @functools.cache

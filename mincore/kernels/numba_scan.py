@@ -20,6 +20,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from .numba_math import flush_subnormal as ftz
+
 U = np.uint64
 # error_model="numpy": no zero-division checks inside loops (they block vectorisation);
 # "contract" allows fused multiply-adds and nothing else (exp's range reduction must stay exact).
@@ -78,9 +80,9 @@ def _scan_bwd_row(a, hp, dh, da, db, carry, o, p, n):
     for j in range(n):
         u, w = o + U(j), p + U(j)
         g = dh[u] + carry[j]  # G_t = dh_t + a_{t+1} G_{t+1}
-        db[u] = g
-        da[u] = g * hp[w]
-        carry[j] = a[u] * g
+        db[u] = ftz(g)
+        da[u] = ftz(g * hp[w])
+        carry[j] = ftz(a[u] * g)  # subnormals flushed: see numba_math.flush_subnormal
 
 
 @njit(**JIT)

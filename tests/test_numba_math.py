@@ -1,0 +1,105 @@
+"""The numba engine's own pieces: the vectorisable exp/sigmoid/g against NumPy in float64, subnormal
+flushing in the backward kernels, and preallocated outputs (`out=`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numba import njit
+
+import mincore
+from mincore.kernels import gates, numba_cpu
+from mincore.kernels.numba_math import fast_dg, fast_exp, fast_g, fast_sigmoid, flush_subnormal
+
+
+@njit
+def _apply(x, which):
+    out = np.empty_like(x)
+    for j in range(x.size):
+        if which == 0:
+            out[j] = fast_exp(x[j])
+        elif which == 1:
+            out[j] = fast_sigmoid(x[j])
+        elif which == 2:
+            out[j] = fast_g(x[j])
+        elif which == 3:
+            out[j] = fast_dg(x[j])
+        else:
+            out[j] = flush_subnormal(x[j])
+    return out
+
+
+# relative error bounds: float32 within a few units of rounding, float64 within ~1e-15
+RTOL = {np.float32: 4e-7, np.float64: 4e-15}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_functions_match_numpy(dtype):
+    lim = 80.0 if dtype == np.float32 else 700.0
+    x = np.concatenate([np.linspace(-lim, lim, 20001), [0.0, -0.0, 1e-30, -1e-30, 0.5, -0.5]]).astype(dtype)
+    x64 = x.astype(np.float64)
+    want = {0: np.exp(x64), 1: gates.sigmoid(np, x64), 2: gates.g(np, x64), 3: gates.dg(np, x64)}
+    for which, ref in want.items():
+        got = _apply(x, which)
+        assert got.dtype == dtype  # constants are typed: float32 code never widens
+        err = np.abs(got.astype(np.float64) - ref) / np.maximum(np.abs(ref), np.finfo(dtype).tiny)
+        assert err.max() <= RTOL[dtype], (which, float(err.max()), x64[np.argmax(err)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_exp_saturates_instead_of_overflowing(dtype):
+    big = np.array([-1e4, 1e4, np.finfo(dtype).max], dtype=dtype)
+    e = _apply(big, 0)
+    assert np.all(np.isfinite(e)) and e[0] >= 0
+    s = _apply(big, 1)
+    assert np.all((s >= 0) & (s <= 1))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_flush_subnormal(dtype):
+    tiny = np.finfo(dtype).tiny
+    x = np.array([tiny, tiny / 4, -tiny / 4, -tiny, 1.0, 0.0], dtype=dtype)
+    assert np.array_equal(_apply(x, 4), np.array([tiny, 0, 0, -tiny, 1, 0], dtype=dtype))
+
+
+@pytest.mark.parametrize("cell", ["min_gru", "min_lstm", "scan"])
+def test_backward_leaves_no_subnormals(cell):
+    """A loss on the last step only: gradients decay through ~300 steps into the subnormal range."""
+    rng = np.random.default_rng(0)
+    B, T, D = 2, 300, 32
+    x = [rng.standard_normal((B, T, D)).astype(np.float32) + 3 for _ in range(3)]
+    if cell == "min_gru":
+        h = mincore.min_gru(x[0], x[1])
+        dh = np.zeros_like(h)
+        dh[:, -1] = 1
+        grads = mincore.min_gru_backward(x[0], x[1], h, dh)
+    elif cell == "min_lstm":
+        h = mincore.min_lstm(x[0] - 6, x[1], x[2])
+        dh = np.zeros_like(h)
+        dh[:, -1] = 1
+        grads = mincore.min_lstm_backward(x[0] - 6, x[1], x[2], h, dh)
+    else:
+        a = np.full((B, T, D), 0.5, np.float32)
+        h = mincore.scan(a, x[1])
+        dh = np.zeros_like(h)
+        dh[:, -1] = 1
+        grads = mincore.scan_backward(a, h, dh)
+    tiny = np.finfo(np.float32).tiny
+    for g in grads:
+        assert not np.any((g != 0) & (np.abs(g) < tiny))
+        assert np.all(np.isfinite(g))
+    assert np.count_nonzero(grads[0][:, -1]) > 0  # the gradient near the loss survives
+
+
+def test_preallocated_outputs_are_written_in_place():
+    rng = np.random.default_rng(1)
+    k, v, dh = (rng.standard_normal((3, 9, 20)).astype(np.float32) for _ in range(3))
+    h0 = rng.standard_normal((3, 20)).astype(np.float32)
+    h = np.full_like(k, np.nan)
+    assert numba_cpu.min_gru(k, v, h0, False, out=h) is h
+    np.testing.assert_array_equal(h, mincore.min_gru(k, v, h0))
+    out = (np.full_like(k, np.nan), np.full_like(k, np.nan), np.full_like(h0, np.nan))
+    got = numba_cpu.min_gru_backward(k, v, h, dh, h0, False, out=out)
+    assert all(a is b for a, b in zip(got, out, strict=True))
+    for a, b in zip(got, mincore.min_gru_backward(k, v, h, dh, h0), strict=True):
+        np.testing.assert_array_equal(a, b)
