@@ -15,7 +15,8 @@ import importlib
 
 __all__ = ["TASKS", "get_task"]
 
-TASKS = {"copy": "mincore.tasks.copy", "shakespeare": "mincore.tasks.shakespeare"}
+TASKS = {"copy": "mincore.tasks.copy", "shakespeare": "mincore.tasks.shakespeare",
+         "rl": "mincore.tasks.rl"}
 
 
 def get_task(name: str):

@@ -188,10 +188,12 @@ def load(path) -> Dataset:
 def save(path, arrays: dict, attrs: dict | None = None) -> None:
     """Write D4RL keys (checked first) plus attributes atomically (temp file + rename)."""
     import os
+    from pathlib import Path
 
     import h5py
 
     data = _check(arrays, str(path))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{path}.tmp"
     with h5py.File(tmp, "w") as f:
         for k in KEYS:

@@ -1,0 +1,219 @@
+"""Offline RL: Decision-minGRU / Decision-minLSTM on D4RL-layout data (Feng et al. 2024, sec. 4.2).
+
+train(cfg, out):
+ 1. data: cfg.dataset (a D4RL-layout HDF5 file: genuine D4RL or `mincore rl collect`), or, when empty,
+    a dataset of cfg.env / cfg.kind collected with tasks/rl_collect.py (cached, reused next time);
+ 2. the model (mingru | minlstm | bc) through the shared loop (tasks/loop.py): MSE on actions over
+    K-step windows; held-out loss on windows of `val_fraction` of the episodes;
+ 3. unless model == "bc", the BC MLP baseline on the same data into out/bc (its own loop run);
+ 4. `eval_episodes` simulator rollouts of each (tasks/rl_eval.py); summary.json gains
+    normalized_score, mean_return (+ standard errors), bc_normalized_score, bc_mean_return,
+    dataset_mean_return, dataset_best_return, episodes, wall_seconds (all stages) and dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mincore.autograd import F, no_grad, optim
+
+from . import loop, rl_collect, rl_data, rl_eval
+from .loop import LoopConfig
+from .rl_model import BCMLP, DecisionRNN
+
+__all__ = ["RLConfig", "PRESETS", "MODELS", "RLTask", "config", "from_dict", "train"]
+
+MODELS = ("mingru", "minlstm", "bc")
+# Decision Transformer's reward scale for MuJoCo returns-to-go
+REWARD_SCALE = 1000.0
+
+
+@dataclass(frozen=True)
+class RLConfig(LoopConfig):
+    model: str = "mingru"            # mingru | minlstm (Decision-minRNN) | bc (MLP baseline)
+    env: str = "halfcheetah"         # halfcheetah | hopper | walker2d
+    kind: str = "medium-replay"      # dataset kind to collect when no dataset is given
+    dataset: str = ""                # D4RL-layout HDF5 file ("" = collect / reuse the cached one)
+    K: int = 20                      # context: time steps per window (3K tokens)
+    d_model: int = 128               # embedding / residual width
+    n_layers: int = 3                # minRNN + MLP blocks
+    expansion: float = 1.0           # recurrent width = expansion * d_model
+    dropout: float = 0.1             # in the blocks and after the embedding LayerNorm
+    max_timestep: int = 1000         # rows of the timestep embedding (episode length)
+    bc_hidden: int = 256             # BC MLP width
+    bc_steps: int = 0                # BC baseline steps (0: same as steps)
+    val_fraction: float = 0.05       # episodes held out for the held-out loss
+    eval_windows: int = 512          # held-out windows
+    eval_episodes: int = 10          # simulator episodes for the final score
+    eval_mode: str = "window"        # window (re-read the last K steps) | carry (recurrent state)
+    target_return: float = 0.0       # return-to-go at t = 0 (0: the dataset's best episode return)
+    horizon: int = 1000              # episode time limit in collection and evaluation
+    ars_iterations: int = 60         # collection: ARS iterations of the behaviour policy
+    transitions: int = 100_000       # collection: transitions for random / medium (per half: m-expert)
+
+    def validate(self):
+        super().validate()
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.env not in rl_collect.ENVS or self.kind not in rl_collect.KINDS:
+            raise ValueError(f"env/kind: expected env in {list(rl_collect.ENVS)} and kind in "
+                             f"{list(rl_collect.KINDS)}; got {self.env!r}, {self.kind!r}")
+        if self.eval_mode not in ("window", "carry"):
+            raise ValueError(f"eval_mode must be window or carry, got {self.eval_mode!r}")
+        if min(self.K, self.d_model, self.n_layers, self.eval_windows, self.eval_episodes) < 1:
+            raise ValueError("K, d_model, n_layers, eval_windows and eval_episodes must be >= 1")
+
+
+PRESETS = {
+    # 2-core CPU: width 64, 2000 steps of batch 64 at K = 20 (see docs/RL.md for measured runs)
+    "default": RLConfig(d_model=64, steps=2000, batch_size=64, lr=1e-3, warmup=200, weight_decay=1e-4,
+                        clip=0.25, eval_every=500, log_every=20, bc_steps=2000),
+    # Feng et al. 2024 / Decision Mamba: embedding 128 (256 for hopper medium / medium-replay),
+    # lr 1e-4 for hopper-medium, hopper-medium-replay, walker2d-medium, else 1e-3; AdamW weight decay
+    # 1e-4, 10k linear warmup, dropout 0.1, 100k steps, batch 64, K = 20, 100 evaluation episodes
+    "paper": RLConfig(d_model=128, steps=100_000, batch_size=64, lr=1e-3, warmup=10_000, min_lr_factor=1.0,
+                      weight_decay=1e-4, clip=0.25, eval_every=5000, log_every=100, eval_episodes=100,
+                      transitions=1_000_000, ars_iterations=300),
+}
+_SLOW_LR = {("hopper", "medium"), ("hopper", "medium-replay"), ("walker2d", "medium")}
+
+
+def config(preset: str = "default", **overrides) -> RLConfig:
+    """A preset with some fields replaced (None values ignored); `paper` picks d_model and lr by
+    env/kind as the paper does, unless given."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    cfg = dataclasses.replace(PRESETS[preset], **given)
+    if preset == "paper":
+        pair = (cfg.env, cfg.kind)
+        auto = {"d_model": 256 if pair in (("hopper", "medium"), ("hopper", "medium-replay")) else 128,
+                "lr": 1e-4 if pair in _SLOW_LR else 1e-3}
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in auto.items() if k not in given})
+    return cfg
+
+
+def from_dict(d: dict) -> RLConfig:
+    fields = {f.name for f in dataclasses.fields(RLConfig)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+        raise ValueError(f"unknown rl-task config fields {unknown}")
+    return RLConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def collect_config(cfg: RLConfig) -> rl_collect.CollectConfig:
+    return rl_collect.CollectConfig(env=cfg.env, kind=cfg.kind, seed=cfg.seed, ars_iterations=cfg.ars_iterations,
+                                    horizon=cfg.horizon, transitions=cfg.transitions)
+
+
+class RLTask:
+    """Action regression on K-windows of a D4RL-layout dataset, for mincore.tasks.loop.train."""
+
+    metric, higher_is_better = "loss", False
+
+    def __init__(self, cfg: RLConfig, data: rl_data.Dataset | None = None):
+        cfg.validate()
+        if not cfg.dataset and data is None:
+            raise ValueError("RLTask: cfg.dataset is empty (train() collects a dataset first)")
+        self.cfg = cfg
+        self.data = data if data is not None else rl_data.load(cfg.dataset)
+        n_ep = len(self.data.episodes)
+        perm = np.random.default_rng((cfg.seed, 3)).permutation(n_ep)
+        n_val = int(round(cfg.val_fraction * n_ep)) if n_ep >= 2 else 0
+        n_val = max(n_val, 1) if n_ep >= 2 and cfg.val_fraction > 0 else n_val
+        self.train_data = self.data.subset(np.sort(perm[n_val:])) if n_val else self.data
+        val = self.data.subset(np.sort(perm[:n_val])) if n_val else self.data  # tiny data: train episodes
+        # statistics of the training episodes serve training, held-out windows and rollouts alike
+        val.state_mean, val.state_std = self.train_data.state_mean, self.train_data.state_std
+        self.K = 1 if cfg.model == "bc" else cfg.K
+        self.val = self._windows(val, np.random.default_rng((cfg.seed, 4)), cfg.eval_windows)
+        obs, act = self.data.obs_dim, self.data.act_dim
+        self.model = (BCMLP(obs, act, hidden=cfg.bc_hidden, dropout=cfg.dropout, seed=cfg.seed)
+                      if cfg.model == "bc" else
+                      DecisionRNN(obs, act, d_model=cfg.d_model, n_layers=cfg.n_layers, cell=cfg.model,
+                                  expansion=cfg.expansion, dropout=cfg.dropout, max_timestep=cfg.max_timestep,
+                                  engine=cfg.engine, seed=cfg.seed))
+
+    def _windows(self, data, rng, size):
+        return data.windows(rng, size, self.K, reward_scale=REWARD_SCALE, max_timestep=self.cfg.max_timestep)
+
+    def param_groups(self):
+        return optim.param_groups(self.model.named_parameters(), self.cfg.weight_decay,
+                                  [n for n, p in self.model.named_parameters() if p.no_decay])
+
+    def batch(self, rng, size):
+        return self._windows(self.train_data, rng, size)
+
+    def _predict(self, w):
+        if self.cfg.model == "bc":
+            return self.model(w["states"])
+        return self.model(w["rtg"], w["states"], w["actions"], w["timesteps"])
+
+    def loss(self, w):
+        return F.mse(self._predict(w), w["actions"], mask=w["mask"][..., None]), {}
+
+    @no_grad()
+    def evaluate(self) -> dict:
+        return {"loss": float(F.mse(self._predict(self.val), self.val["actions"],
+                                    mask=self.val["mask"][..., None]).item())}
+
+    def policy(self, target_return):
+        d = self.train_data
+        if self.cfg.model == "bc":
+            return rl_eval.BCPolicy(self.model, d.state_mean, d.state_std)
+        return rl_eval.DecisionPolicy(self.model, d.state_mean, d.state_std, K=self.cfg.K,
+                                      target_return=target_return, reward_scale=REWARD_SCALE,
+                                      max_timestep=self.cfg.max_timestep, mode=self.cfg.eval_mode)
+
+
+Task = RLTask
+
+
+def _fit(cfg, data, out, progress, resume=False):
+    task = RLTask(cfg, data)
+    s = loop.train(task, cfg, out, task_name="rl", resume=resume, progress=progress,
+                   extra={"model": cfg.model, "env": cfg.env, "kind": cfg.kind, "dataset": cfg.dataset})
+    return task, s
+
+
+def train(cfg: RLConfig, out="runs/rl", *, resume: bool = False, progress: bool = True) -> dict:
+    """Collect (or read) the data, train the model and the BC baseline, score both in the simulator."""
+    t0 = time.perf_counter()
+    cfg.validate()
+    if not cfg.dataset:
+        path = rl_collect.collect(collect_config(cfg), progress=progress)
+        cfg = dataclasses.replace(cfg, dataset=str(path))
+    data = rl_data.load(cfg.dataset)
+    env = str(data.attrs.get("env", cfg.env))
+    if env != cfg.env:
+        raise ValueError(f"dataset {cfg.dataset} was collected on {env!r}, but --env is {cfg.env!r}")
+    task, s = _fit(cfg, data, out, progress, resume)
+    if s["status"] == "interrupted":
+        return s
+    target = cfg.target_return or float(data.returns.max())
+    ret = rl_eval.rollouts(task.policy(target), cfg.env, cfg.eval_episodes, seed=cfg.seed, horizon=cfg.horizon,
+                           progress=progress)
+    res = rl_eval.score(cfg.env, ret)
+    if cfg.model != "bc":
+        bc_cfg = dataclasses.replace(cfg, model="bc", steps=cfg.bc_steps or cfg.steps)
+        bc_task, _ = _fit(bc_cfg, data, Path(out) / "bc", progress)
+        bc = rl_eval.score(cfg.env, rl_eval.rollouts(bc_task.policy(target), cfg.env, cfg.eval_episodes,
+                                                     seed=cfg.seed, horizon=cfg.horizon, progress=progress))
+    else:
+        bc = res
+    ds = data.summary()
+    s.update(res, bc_normalized_score=bc["normalized_score"], bc_normalized_stderr=bc["normalized_stderr"],
+             bc_mean_return=bc["mean_return"], dataset_mean_return=ds["mean_return"],
+             dataset_best_return=ds["best_return"],
+             dataset_normalized_score=float(rl_data.normalized_score(cfg.env, ds["mean_return"])),
+             dataset_episodes=ds["episodes"], dataset_transitions=ds["transitions"], dataset=cfg.dataset,
+             target_return=target, eval_mode=cfg.eval_mode, returns=[float(r) for r in ret],
+             train_wall_seconds=s["wall_seconds"], wall_seconds=round(time.perf_counter() - t0, 3))
+    Path(out, "summary.json").write_text(json.dumps(s, indent=1) + "\n")
+    return s
+

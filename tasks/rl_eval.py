@@ -1,0 +1,121 @@
+"""Scored rollouts of a trained policy in the simulator: raw returns and D4RL-normalised scores.
+
+All evaluation episodes run in lockstep as one batch (one forward per environment step for all).
+
+Decision-minRNN context (mode):
+    "window" (default)  at step t the model re-reads the last K steps, t-K+1 .. t, from a zero state:
+                        exactly the windows it was trained on (training windows start anywhere in an
+                        episode from a zero state), so evaluation sees no longer context than training.
+    "carry"             the recurrent state is carried token by token over the whole episode
+                        (act_step / push_action): O(1) work per step, but beyond K steps it conditions
+                        on a longer history than any training window.
+Both agree for t < K (tests/test_rl_eval.py). Return-to-go conditioning follows Decision
+Transformer: R_1 = target_return, R_{t+1} = R_t - r_t, fed scaled by 1 / reward_scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from mincore.autograd import no_grad
+
+from . import rl_data
+from .rl_collect import make_env
+
+__all__ = ["DecisionPolicy", "BCPolicy", "rollouts", "score"]
+
+
+class DecisionPolicy:
+    """Acts with a DecisionRNN; see the module docstring for `mode`."""
+
+    def __init__(self, model, state_mean, state_std, *, K=20, target_return=1000.0, reward_scale=1000.0,
+                 max_timestep=1000, mode="window"):
+        if mode not in ("window", "carry"):
+            raise ValueError(f"mode: expected 'window' or 'carry', got {mode!r}")
+        self.model, self.mean, self.std, self.K, self.mode = model, state_mean, state_std, K, mode
+        self.target, self.scale, self.max_t = target_return, reward_scale, max_timestep
+
+    def reset(self, n):
+        self.t, self.state, self.rtg = 0, None, np.full((n, 1), self.target / self.scale, np.float32)
+        self.hist = {"rtg": [], "states": [], "actions": []}
+
+    @no_grad()
+    def act(self, obs):
+        s = ((obs - self.mean) / self.std).astype(np.float32)
+        n, t = len(s), min(self.t, self.max_t - 1)
+        ts = np.full(n, t, np.int64)
+        if self.mode == "carry":
+            a, self.state = self.model.act_step(self.rtg, s, ts, self.state)
+        else:
+            h = self.hist
+            h["rtg"].append(self.rtg), h["states"].append(s), h["actions"].append(np.zeros((n, self.model.act_dim),
+                                                                                           np.float32))
+            for k in h:
+                del h[k][:-self.K]
+            lo = self.t - len(h["states"]) + 1
+            steps = np.minimum(np.arange(lo, self.t + 1), self.max_t - 1)
+            a = self.model(np.stack(h["rtg"], 1), np.stack(h["states"], 1), np.stack(h["actions"], 1),
+                           np.broadcast_to(steps, (n, len(steps)))).data[:, -1]
+        self._ts = ts
+        return a
+
+    def observe(self, action, reward):
+        """The action taken and the reward received, for the next step's tokens."""
+        action = np.asarray(action, np.float32)
+        if self.mode == "carry":
+            self.state = self.model.push_action(action, self._ts, self.state)
+        else:
+            self.hist["actions"][-1] = action
+        self.rtg = self.rtg - (np.asarray(reward, np.float32) / self.scale)[:, None]
+        self.t += 1
+
+
+class BCPolicy:
+    def __init__(self, model, state_mean, state_std):
+        self.model, self.mean, self.std = model, state_mean, state_std
+
+    def reset(self, n):
+        pass
+
+    @no_grad()
+    def act(self, obs):
+        return self.model(((obs - self.mean) / self.std).astype(np.float32)).data
+
+    def observe(self, action, reward):
+        pass
+
+
+def rollouts(policy, env: str, episodes: int = 10, *, seed: int = 0, horizon: int = 1000,
+             progress: bool = False) -> np.ndarray:
+    """Returns of `episodes` episodes (seeds seed*10000 + i), run in lockstep."""
+    from tqdm.auto import tqdm
+
+    model = getattr(policy, "model", None)
+    if model is not None:
+        model.eval()
+    envs = [make_env(env, horizon) for _ in range(episodes)]
+    obs = np.stack([e.reset(seed=seed * 10_000 + i)[0] for i, e in enumerate(envs)])
+    alive, ret = np.ones(episodes, bool), np.zeros(episodes)
+    policy.reset(episodes)
+    bar = tqdm(total=horizon, desc=f"eval {env}", disable=not progress, unit="step", leave=False)
+    while alive.any():
+        a = np.clip(policy.act(obs), -1.0, 1.0)
+        r = np.zeros(episodes)
+        for i in np.flatnonzero(alive):
+            obs[i], r[i], term, trunc, _ = envs[i].step(a[i])
+            alive[i] = not (term or trunc)
+        ret += r
+        policy.observe(a, r)
+        bar.update(1)
+    bar.close()
+    return ret
+
+
+def score(env: str, returns) -> dict:
+    """Mean and standard error of raw returns and D4RL-normalised scores."""
+    r = np.asarray(returns, np.float64)
+    ns = rl_data.normalized_score(env, r)
+
+    def se(x):  # standard error of the mean over episodes
+        return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
+    return {"mean_return": float(r.mean()), "return_stderr": se(r), "normalized_score": float(ns.mean()),
+            "normalized_stderr": se(ns), "episodes": len(r)}
