@@ -76,4 +76,5 @@ def _cpu_count() -> int:
 # imported for their side effect of adding commands to `main` (after `main` exists)
 from . import bench  # noqa: E402, F401
 from . import generate as _generate  # noqa: E402, F401
+from . import rl as _rl  # noqa: E402, F401
 from . import train as _train  # noqa: E402, F401

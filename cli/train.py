@@ -10,7 +10,7 @@ import click
 
 from .main import main
 
-TASKS = ("copy", "shakespeare")  # mincore.tasks.TASKS; listed here too so `--help` needs no imports
+TASKS = ("copy", "shakespeare", "rl")  # mincore.tasks.TASKS; listed here too so `--help` needs no imports
 ENGINES = ("numpy", "logspace", "numba", "numba-cuda", "cupy")
 
 
@@ -35,10 +35,11 @@ def _minutes(s: float) -> str:
 
 @main.command()
 @click.option("--task", type=click.Choice(TASKS), default="copy", show_default=True,
-              help="Which task to train (rl is not implemented yet).")
+              help="Which task to train.")
 @click.option("--preset", default="default", show_default=True,
               help="Named settings: default (2-core CPU, minutes) or paper (the published setting).")
-@click.option("--model", default=None, help="Recurrent cell: mingru or minlstm. [default: mingru]")
+@click.option("--model", default=None,
+              help="Recurrent cell: mingru or minlstm (rl: also bc, the MLP baseline). [default: mingru]")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Optimizer steps (overrides the preset).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Sequences per step.")
@@ -49,11 +50,18 @@ def _minutes(s: float) -> str:
               help="Kernel engine: numba (CPU default), numpy, logspace, cupy, numba-cuda.")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
               help="shakespeare: a UTF-8 text file [default: tiny-shakespeare, downloaded once].")
+@click.option("--env", type=click.Choice(("halfcheetah", "hopper", "walker2d")), default=None,
+              help="rl: MuJoCo environment. [default: halfcheetah]")
+@click.option("--kind", type=click.Choice(("random", "medium", "medium-replay", "medium-expert")), default=None,
+              help="rl: dataset kind to collect when no --dataset is given. [default: medium-replay]")
+@click.option("--dataset", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="rl: a D4RL-layout HDF5 file [default: collect one with `mincore rl collect`, cached].")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory. [default: runs/TASK-MODEL]")
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out (its own settings).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(task, preset, model, steps, batch_size, eval_every, seed, engine, data, out, resume, quiet):
+def train(task, preset, model, steps, batch_size, eval_every, seed, engine, data, env, kind, dataset, out, resume,
+          quiet):
     """Train a task; writes config.json, metrics.jsonl, checkpoint.h5, summary.json and
     learning_curve.png into --out. Ctrl-C stops after the current step with a checkpoint.
 
@@ -64,6 +72,7 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, data
       mincore train --task copy --preset paper --engine cupy
       mincore train --task copy --out runs/lstm --resume # continue after Ctrl-C
       mincore train --task shakespeare --data input.txt  # character-level LM on a local text
+      mincore train --task rl --env hopper --kind medium # Decision-minGRU + BC baseline, scored
     """
     from mincore.autograd import load_checkpoint
     from mincore.tasks import get_task
@@ -78,12 +87,15 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, data
                                  f"{', '.join(mod.MODELS)}", param_hint="--model")
     if data is not None and not hasattr(mod.PRESETS[preset], "data"):
         raise click.BadParameter(f"task {task} reads no text file (only shakespeare does)", param_hint="--data")
+    rl = {"env": env, "kind": kind, "dataset": os.path.abspath(dataset) if dataset else None}
+    if task != "rl" and any(v is not None for v in rl.values()):
+        raise click.BadParameter(f"--env/--kind/--dataset are options of --task rl, not {task}", param_hint="--env")
     out = out or f"runs/{task}-{model or mod.PRESETS[preset].model}"
     engine = _check_engine(engine)
     if resume:
         ctx = click.get_current_context()
         given = [f"--{p.replace('_', '-')}" for p in ("preset", "model", "steps", "batch_size", "eval_every",
-                                                     "seed", "engine", "data")
+                                                     "seed", "engine", "data", "env", "kind", "dataset")
                  if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
         if given:
             raise click.UsageError(f"--resume continues the saved run with its own settings; drop "
@@ -98,7 +110,8 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, data
         click.echo(f"resuming {out} at step {ck.step} of {cfg.steps}", err=True)
     else:
         cfg = mod.config(preset, model=model, steps=steps, batch_size=batch_size, eval_every=eval_every,
-                         seed=seed, engine=engine, **({"data": os.path.abspath(data)} if data else {}))
+                         seed=seed, engine=engine, **({"data": os.path.abspath(data)} if data else {}),
+                         **(rl if task == "rl" else {}))
         cfg.validate()
     try:
         s = mod.train(cfg, out, resume=resume, progress=not quiet)
@@ -111,6 +124,10 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, data
     metric = "accuracy" if "accuracy" in s else "loss"
     click.echo(f"{task} {cfg.model}: held-out {metric} {s[metric]:.4f} (loss {s['loss']:.4f}) after "
                f"{s['steps']} steps in {_minutes(s['wall_seconds'])} [{s['status']}]")
+    if "normalized_score" in s:  # rl: simulator scores beside the baseline and the data
+        click.echo(f"normalised score {s['normalized_score']:.1f} +- {s['normalized_stderr']:.1f} (return "
+                   f"{s['mean_return']:.0f}, {s['episodes']} episodes); BC {s['bc_normalized_score']:.1f}; dataset "
+                   f"mean return {s['dataset_mean_return']:.0f}, best {s['dataset_best_return']:.0f}")
     click.echo(f"files in {out}/: config.json metrics.jsonl checkpoint.h5 summary.json learning_curve.png")
 
 

@@ -1,0 +1,72 @@
+"""`mincore rl ...`: offline-RL data (collection with gymnasium MuJoCo, inspection of D4RL files)."""
+
+from __future__ import annotations
+
+import click
+
+from .main import main
+
+ENVS = ("halfcheetah", "hopper", "walker2d")  # mincore.tasks.rl_collect.ENVS (no imports for --help)
+KINDS = ("random", "medium", "medium-replay", "medium-expert")
+
+
+@main.group()
+def rl():
+    """Offline-RL datasets in the D4RL layout.
+
+    \b
+    Examples:
+      mincore rl collect --env hopper --kind medium --out hopper-medium.h5
+      mincore rl info hopper-medium.h5
+    """
+
+
+@rl.command()
+@click.option("--env", type=click.Choice(ENVS), required=True, help="MuJoCo v5 environment.")
+@click.option("--kind", type=click.Choice(KINDS), required=True,
+              help="random | medium | medium-replay | medium-expert (D4RL's kinds; see docs/RL.md).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="HDF5 file to write [default: the cache, $MINCORE_CACHE or ~/.cache/mincore/rl].")
+@click.option("--seed", type=int, default=0, show_default=True, help="ARS, resets and action noise.")
+@click.option("--ars-iterations", type=click.IntRange(min=1), default=None,
+              help="ARS training iterations of the behaviour policy. [default: 60]")
+@click.option("--transitions", type=click.IntRange(min=1), default=None,
+              help="Transitions for random / medium (each half of medium-expert). [default: 100000]")
+@click.option("--horizon", type=click.IntRange(min=1), default=None, help="Episode time limit. [default: 1000]")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def collect(env, kind, out, seed, ars_iterations, transitions, horizon, quiet):
+    """Collect a D4RL-layout dataset (observations, actions, rewards, terminals, timeouts, plus
+    attributes saying how it was made). Reuses `--out` when it holds the same settings.
+    Needs `pip install 'mincore[rl]'`."""
+    import dataclasses
+
+    from mincore.tasks import rl_collect, rl_data
+
+    over = {"ars_iterations": ars_iterations, "transitions": transitions, "horizon": horizon}
+    cfg = dataclasses.replace(rl_collect.CollectConfig(env=env, kind=kind, seed=seed),
+                              **{k: v for k, v in over.items() if v is not None})
+    path = rl_collect.collect(cfg, out, progress=not quiet)
+    _describe(path, rl_data.load(path))
+
+
+@rl.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def info(path):
+    """Episodes, returns and attributes of a D4RL-layout file (refuses malformed ones)."""
+    from mincore.tasks import rl_data
+
+    _describe(path, rl_data.load(path))
+
+
+def _describe(path, ds):
+    s = ds.summary()
+    click.echo(f"{path}: {s['transitions']} transitions, {s['episodes']} episodes (mean length "
+               f"{s['mean_length']:.0f}); return mean {s['mean_return']:.1f}, best {s['best_return']:.1f}")
+    env = ds.attrs.get("env")
+    if env:
+        from mincore.tasks.rl_data import normalized_score
+
+        click.echo(f"D4RL-normalised mean return: {float(normalized_score(env, s['mean_return'])):.1f} ({env})")
+    for k in ("env_id", "kind", "how", "medium_eval_return", "best_eval_return"):
+        if k in ds.attrs:
+            click.echo(f"  {k}: {ds.attrs[k]}")
