@@ -181,25 +181,23 @@ def train_ars(cfg: CollectConfig, progress: bool = True) -> dict:
     return out
 
 
-def _policy_rollouts(cfg, env, snap, n_obs, n_act, transitions, rng):
+def _episodes(env, act, transitions, rng, desc, progress):
+    """Episodes of policy `act` until `transitions` steps are collected (whole episodes)."""
+    from tqdm.auto import tqdm
+
+    eps, n = [], 0
+    with tqdm(total=transitions, desc=desc, unit="step", disable=not progress) as bar:
+        while n < transitions:
+            ep, _ = rollout(env, act, rng.integers(2**31))
+            eps.append(ep)
+            n += len(ep["rewards"])
+            bar.update(min(len(ep["rewards"]), transitions - bar.n))
+    return eps
+
+
+def _policy_rollouts(cfg, env, snap, n_obs, n_act, transitions, rng, desc, progress):
     M, mu, sd = snap[: n_act * n_obs].reshape(n_act, n_obs), snap[n_act * n_obs:-n_obs], snap[-n_obs:]
-    act = _linear(M, mu, sd, cfg.action_noise, rng)
-    eps, n = [], 0
-    while n < transitions:
-        ep, _ = rollout(env, act, rng.integers(2**31))
-        eps.append(ep)
-        n += len(ep["rewards"])
-    return eps
-
-
-def _random_rollouts(cfg, env, transitions, rng):
-    lo, hi = env.action_space.low, env.action_space.high
-    eps, n = [], 0
-    while n < transitions:
-        ep, _ = rollout(env, lambda o: rng.uniform(lo, hi), rng.integers(2**31))
-        eps.append(ep)
-        n += len(ep["rewards"])
-    return eps
+    return _episodes(env, _linear(M, mu, sd, cfg.action_noise, rng), transitions, rng, desc, progress)
 
 
 def _replay_episodes(ars, upto_iteration):
@@ -224,7 +222,8 @@ def collect(cfg: CollectConfig, out=None, *, progress: bool = True) -> Path:
     attrs = {"env": cfg.env, "env_id": ENVS[cfg.env], "kind": cfg.kind, "collect_config": settings,
              "source": "mincore rl collect (gymnasium MuJoCo v5)"}
     if cfg.kind == "random":
-        eps = _random_rollouts(cfg, env, cfg.transitions, rng)
+        lo, hi = env.action_space.low, env.action_space.high
+        eps = _episodes(env, lambda o: rng.uniform(lo, hi), cfg.transitions, rng, "random", progress)
         attrs["how"] = "uniform random actions in the action box"
     else:
         ars = train_ars(cfg, progress)
@@ -239,11 +238,13 @@ def collect(cfg: CollectConfig, out=None, *, progress: bool = True) -> Path:
             eps = _replay_episodes(ars, med_it)
             attrs["how"] = f"every ARS training rollout of iterations 0..{med_it} (the medium policy's)"
         else:
-            eps = _policy_rollouts(cfg, env, ars["snapshots"][med_it], n_obs, n_act, cfg.transitions, rng)
+            eps = _policy_rollouts(cfg, env, ars["snapshots"][med_it], n_obs, n_act, cfg.transitions, rng,
+                                   "medium", progress)
             attrs["how"] = (f"rollouts of ARS iteration {med_it}'s linear policy (first to reach "
                             f"{cfg.medium_fraction:.3g} of the best normalised score), action noise {cfg.action_noise}")
             if cfg.kind == "medium-expert":
-                eps += _policy_rollouts(cfg, env, ars["snapshots"][best_it], n_obs, n_act, cfg.transitions, rng)
+                eps += _policy_rollouts(cfg, env, ars["snapshots"][best_it], n_obs, n_act, cfg.transitions, rng,
+                                        "expert", progress)
                 attrs["how"] += f"; plus as many from the best policy (iteration {best_it})"
     attrs["behaviour_returns"] = np.array([float(e["rewards"].sum()) for e in eps])
     rl_data.save(out, _concat(eps), attrs)
