@@ -51,9 +51,24 @@ def make_env(env: str, horizon: int = 1000):
     import warnings
 
     gym = require_gym()
+    _route_mujoco_warnings()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return gym.make(ENVS[env], max_episode_steps=horizon)
+
+
+def _route_mujoco_warnings():
+    """MuJoCo's C warnings go to MUJOCO_LOG.TXT in the working directory by default; send them to
+    Python's warnings instead (HalfCheetah's XML triggers a harmless 'settotalmass' deprecation)."""
+    import warnings
+
+    import mujoco
+
+    def warn(msg):
+        if "settotalmass" not in msg:
+            warnings.warn(f"MuJoCo: {msg}", RuntimeWarning, stacklevel=2)
+    if hasattr(mujoco, "set_mju_user_warning"):
+        mujoco.set_mju_user_warning(warn)
 
 
 @dataclass(frozen=True)
