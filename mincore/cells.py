@@ -16,7 +16,7 @@ def _setup(engine, h0, dtypes=checks.SEQ_REAL, **seqs):
     xp = checks.same_module(h0=h0, **seqs)
     shape, dtype = checks.sequences(dtypes, **seqs)
     name, impl = get_engine(engine, xp)
-    checks.engine_dtype(name, impl, dtype)
+    checks.engine_dtype(name, impl, dtype, next(iter(seqs)))
     return xp, impl, checks.state("h0", h0, shape, dtype, xp)
 
 
@@ -92,7 +92,7 @@ def _lru_setup(engine, lam, h0, **seqs):
         raise ValueError(f"lam: expected shape (D,) = ({shape[2]},) and dtype {dtype}, "
                          f"got shape {tuple(lam.shape)} dtype {lam.dtype}")
     name, impl = get_engine(engine, xp)
-    checks.engine_dtype(name, impl, dtype)
+    checks.engine_dtype(name, impl, dtype, next(iter(seqs)))
     return impl, checks.state("h0", h0, shape, dtype, xp)
 
 

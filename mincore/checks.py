@@ -80,10 +80,12 @@ def flag(name: str, value) -> bool:
     return bool(value)
 
 
-def engine_dtype(engine_name: str, impl, dtype):
+def engine_dtype(engine_name: str, impl, dtype, name: str):
+    """The sequences' dtype (argument `name` stands for them) must be one the engine supports."""
     real = COMPLEX.get(dtype, dtype)
     if real not in tuple(np.dtype(d) for d in impl.DTYPES):
-        raise TypeError(f"engine {engine_name!r} supports dtypes {list(impl.DTYPES)}, got {dtype}")
+        raise TypeError(f"{name}: dtype {dtype} is not supported by engine {engine_name!r} "
+                        f"(it supports {list(impl.DTYPES)})")
 
 
 def step_inputs(**named):

@@ -61,10 +61,11 @@ def min_lstm_coeffs(xp, kf, ki, v, normalize, log_space):
 
 
 def min_gru_grads(xp, k, v, da, db, log_space):
-    """Chain rule from (da, db) of the scan to (dk, dv): a = 1 - z, b = z h~, dz/dk = z (1 - z)."""
-    z = sigmoid(xp, k)
+    """Chain rule from (da, db) of the scan to (dk, dv): a = 1 - z, b = z h~, dz/dk = z (1 - z).
+    1 - z is computed as sigmoid(-k): 1 - sigmoid(k) cancels when z is near 1 (float32, k > 5)."""
+    z, one_minus_z = sigmoid(xp, k), sigmoid(xp, -k)
     ht = h_tilde(xp, v, log_space)
-    return (db * ht - da) * z * (1 - z), db * z * dh_tilde(xp, v, log_space)
+    return (db * ht - da) * z * one_minus_z, db * z * dh_tilde(xp, v, log_space)
 
 
 def min_lstm_grads(xp, kf, ki, v, da, db, normalize, log_space):
@@ -72,9 +73,10 @@ def min_lstm_grads(xp, kf, ki, v, da, db, normalize, log_space):
     ht = h_tilde(xp, v, log_space)
     dht = dh_tilde(xp, v, log_space)
     f, i = sigmoid(xp, kf), sigmoid(xp, ki)
+    cf, ci = sigmoid(xp, -kf), sigmoid(xp, -ki)  # 1 - f, 1 - i without cancellation
     if normalize:
         diff = softplus(xp, -kf) - softplus(xp, -ki)
         fp, ip = sigmoid(xp, -diff), sigmoid(xp, diff)
         ddiff = fp * ip * (db * ht - da)  # d f'/d diff = -f' i', d i'/d diff = f' i'
-        return -(1 - f) * ddiff, (1 - i) * ddiff, db * ip * dht
-    return da * f * (1 - f), db * ht * i * (1 - i), db * i * dht
+        return -cf * ddiff, ci * ddiff, db * ip * dht
+    return da * f * cf, db * ht * i * ci, db * i * dht

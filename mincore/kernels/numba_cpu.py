@@ -28,7 +28,7 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from .numba_math import fast_dg, fast_g, fast_sigmoid
+from .numba_math import fast_dg, fast_g, fast_sigmoid, fast_sigmoid_pair
 from .numba_math import flush_subnormal as ftz
 from .numba_scan import JIT as _JIT
 from .numba_scan import ROW as _ROW
@@ -55,15 +55,15 @@ def _gru_fwd_row(k, v, h, o, p, n, log_space):
 def _gru_bwd_row(k, v, hp, dh, dk, dv, carry, o, p, n, one, log_space):
     for j in range(n):
         u, w = o + U(j), p + U(j)
-        z = fast_sigmoid(k[u])
+        z, a = fast_sigmoid_pair(k[u])  # a = 1 - z, without cancellation
         g = dh[u] + carry[j]  # G_t = dh_t + a_{t+1} G_{t+1}
         if log_space:
             x, dx = fast_g(v[u]), fast_dg(v[u])
         else:
             x, dx = v[u], one
-        dk[u] = ftz(g * (x - hp[w]) * z * (one - z))  # a = 1 - z, b = z h~: dk = G (h~ - h_{t-1}) z'
+        dk[u] = ftz(g * (x - hp[w]) * z * a)  # a = 1 - z, b = z h~: dk = G (h~ - h_{t-1}) z'
         dv[u] = ftz(g * z * dx)
-        carry[j] = ftz((one - z) * g)  # subnormals flushed: see numba_math.flush_subnormal
+        carry[j] = ftz(a * g)  # subnormals flushed: see numba_math.flush_subnormal
 
 
 @functools.cache
@@ -136,7 +136,8 @@ def _lstm_fwd_row(kf, ki, v, h, o, p, n, one, normalize, log_space):
 def _lstm_bwd_row(kf, ki, v, hp, dh, dkf, dki, dv, carry, o, p, n, one, normalize, log_space):
     for j in range(n):
         u, w = o + U(j), p + U(j)
-        f, i = fast_sigmoid(kf[u]), fast_sigmoid(ki[u])
+        f, cf = fast_sigmoid_pair(kf[u])  # cf = 1 - f, ci = 1 - i without cancellation
+        i, ci = fast_sigmoid_pair(ki[u])
         g = dh[u] + carry[j]
         if log_space:
             x, dx = fast_g(v[u]), fast_dg(v[u])
@@ -146,13 +147,13 @@ def _lstm_bwd_row(kf, ki, v, hp, dh, dkf, dki, dv, carry, o, p, n, one, normaliz
             r = one / (f + i)
             fp, ip = f * r, i * r
             ddiff = fp * ip * g * (x - hp[w])
-            dkf[u] = ftz(-(one - f) * ddiff)
-            dki[u] = ftz((one - i) * ddiff)
+            dkf[u] = ftz(-cf * ddiff)
+            dki[u] = ftz(ci * ddiff)
             dv[u] = ftz(g * ip * dx)
             carry[j] = ftz(fp * g)
         else:
-            dkf[u] = ftz(g * hp[w] * f * (one - f))
-            dki[u] = ftz(g * x * i * (one - i))
+            dkf[u] = ftz(g * hp[w] * f * cf)
+            dki[u] = ftz(g * x * i * ci)
             dv[u] = ftz(g * i * dx)
             carry[j] = ftz(f * g)
 

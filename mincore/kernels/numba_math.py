@@ -81,6 +81,12 @@ def _make(ft, it, mantissa_bits, bias, lo, hi, coeffs):
     def fsigmoid(x):
         return ONE / (ONE + fast_exp(-x))
 
+    def fsigmoid_pair(x):
+        # (sigmoid(x), sigmoid(-x)) from one exp: 1 - sigmoid(x) would cancel when sigmoid(x) ~ 1
+        e = fast_exp(-x)
+        s = ONE / (ONE + e)
+        return s, e * s
+
     # Branch-free forms (so the caller's loop vectorises): x + 1/2 >= sigmoid(x) exactly when x >= 0
     # (sigmoid(x) - 1/2 - x is decreasing and zero at 0), hence g = max of the two branches; and
     # g' = 1 for x >= 0, s (1 - s) <= 1/4 otherwise, hence max((x >= 0), s (1 - s)).
@@ -98,7 +104,7 @@ def _make(ft, it, mantissa_bits, bias, lo, hi, coeffs):
         return x * (abs(x) >= TINY)
 
     # the closures call the overloaded stubs below (resolved when a kernel is compiled)
-    return {"exp": fexp, "sigmoid": fsigmoid, "g": fg, "dg": fdg, "flush": fflush}
+    return {"exp": fexp, "sigmoid": fsigmoid, "sigmoid_pair": fsigmoid_pair, "g": fg, "dg": fdg, "flush": fflush}
 
 
 def _taylor(deg):
@@ -124,6 +130,11 @@ def fast_sigmoid(x):
     raise NotImplementedError("numba-only")
 
 
+def fast_sigmoid_pair(x):
+    """(sigmoid(x), 1 - sigmoid(x)) without cancellation (numba only)."""
+    raise NotImplementedError("numba-only")
+
+
 def fast_g(x):
     """g(x) = x + 0.5 (x >= 0), sigmoid(x) (x < 0) (numba only)."""
     raise NotImplementedError("numba-only")
@@ -146,6 +157,7 @@ def _register(stub, key):
         return None if impl is None else impl[key]
 
 
-for _stub, _key in ((fast_exp, "exp"), (fast_sigmoid, "sigmoid"), (fast_g, "g"), (fast_dg, "dg"),
+for _stub, _key in ((fast_exp, "exp"), (fast_sigmoid, "sigmoid"), (fast_sigmoid_pair, "sigmoid_pair"),
+                    (fast_g, "g"), (fast_dg, "dg"),
                     (flush_subnormal, "flush")):
     _register(_stub, _key)
