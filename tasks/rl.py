@@ -185,6 +185,7 @@ def train(cfg: RLConfig, out="runs/rl", *, resume: bool = False, progress: bool 
     """Collect (or read) the data, train the model and the BC baseline, score both in the simulator."""
     t0 = time.perf_counter()
     cfg.validate()
+    rl_collect.require_gym()  # the scores need the simulator: say so before any training
     if not cfg.dataset:
         path = rl_collect.collect(collect_config(cfg), progress=progress)
         cfg = dataclasses.replace(cfg, dataset=str(path))
