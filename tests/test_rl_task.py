@@ -49,3 +49,13 @@ def test_bad_config_refused():
         rl.config("default", model="lstm").validate()
     with pytest.raises(ValueError, match="unknown preset"):
         rl.config("huge")
+
+
+def test_imports_without_gymnasium_and_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gymnasium", None)  # `import gymnasium` now raises ImportError
+    from mincore.tasks import rl_collect
+
+    with pytest.raises(RuntimeError, match=r"pip install 'mincore\[rl\]'"):
+        rl_collect.make_env("hopper")
