@@ -66,7 +66,7 @@ PRESETS = {
     # 32 random positions, then 16 markers), batch 32, a higher peak lr with warmup + cosine decay.
     # Measured (docs/COPY_TASK.md): L = 48 learns faster per step than L = 64 and costs 25% less;
     # batch 32 beat batch 64 per sequence seen; dropout 0 vs 0.1 made no difference, so 0.1 stays.
-    "default": CopyConfig(seq_len=48, n_data=16, batch_size=32, steps=4000, lr=6e-3, warmup=200,
+    "default": CopyConfig(seq_len=48, n_data=16, batch_size=32, steps=3500, lr=6e-3, warmup=200,
                           eval_every=500),
     # Feng et al. 2024 (released config): L = 4096, N = 16, batch 64 as two micro-batches of 32,
     # AdamW lr 3e-4, weight decay 0.05 (not on gate projections, biases, norms), clip 1.0,
