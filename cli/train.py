@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -60,8 +61,12 @@ def _minutes(s: float) -> str:
               help="Run directory. [default: runs/TASK-MODEL]")
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out (its own settings).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CPU threads for BLAS and the numba kernels. The default presets' models are small: on a "
+                   "shared 2-core machine one thread trained 2.5x faster than two (300 copy steps: 33 s vs "
+                   "84 s). Raise it on a larger idle machine.")
 def train(task, preset, model, steps, batch_size, eval_every, seed, engine, data, env, kind, dataset, out, resume,
-          quiet):
+          quiet, threads):
     """Train a task; writes config.json, metrics.jsonl, checkpoint.h5, summary.json and
     learning_curve.png into --out. Ctrl-C stops after the current step with a checkpoint.
 
@@ -114,7 +119,8 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, data
                          **(rl if task == "rl" else {}))
         cfg.validate()
     try:
-        s = mod.train(cfg, out, resume=resume, progress=not quiet)
+        with cpu_threads(threads):
+            s = mod.train(cfg, out, resume=resume, progress=not quiet)
     except NonFiniteLoss as e:
         raise click.ClickException(str(e)) from None
     if s["status"] == "interrupted":
@@ -129,6 +135,21 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, data
                    f"{s['mean_return']:.0f}, {s['episodes']} episodes); BC {s['bc_normalized_score']:.1f}; dataset "
                    f"mean return {s['dataset_mean_return']:.0f}, best {s['dataset_best_return']:.0f}")
     click.echo(f"files in {out}/: config.json metrics.jsonl checkpoint.h5 summary.json learning_curve.png")
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int):
+    """Limit BLAS (threadpoolctl) and numba's parallel kernels to n threads for the block."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        numba.set_num_threads(old)
 
 
 @main.command(name="eval")
