@@ -15,7 +15,6 @@ positions alone: the same numbers as the full model, with fewer multiplies.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -210,18 +209,12 @@ class CopyTask:
 
 def config(preset: str = "default", **overrides) -> CopyConfig:
     """A preset with some fields replaced (None values are ignored)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
-    return dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    return loop.preset_config(PRESETS, preset, **overrides)
 
 
 def from_dict(d: dict) -> CopyConfig:
-    """The Config saved in config.json / a checkpoint (JSON lists back to tuples)."""
-    fields = {f.name for f in dataclasses.fields(CopyConfig)}
-    unknown = sorted(set(d) - fields)
-    if unknown:
-        raise ValueError(f"unknown copy-task config fields {unknown}")
-    return CopyConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    """The Config saved in config.json / a checkpoint."""
+    return loop.config_from_dict(CopyConfig, d, "copy")
 
 
 Task = CopyTask

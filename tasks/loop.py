@@ -64,6 +64,21 @@ class LoopConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
 
 
+def preset_config(presets: dict, preset: str, **overrides):
+    """presets[preset] with the given fields replaced (None values are ignored)."""
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(presets)}")
+    return dataclasses.replace(presets[preset], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def config_from_dict(cls, d: dict, task: str):
+    """The Config saved in config.json / a checkpoint (JSON lists back to tuples); unknown fields refused."""
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {task}-task config fields {unknown}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
 class NonFiniteLoss(RuntimeError):
     """Raised after a clean stop on a NaN/inf loss or gradient; the last good checkpoint is kept."""
 

@@ -86,10 +86,8 @@ _SLOW_LR = {("hopper", "medium"), ("hopper", "medium-replay"), ("walker2d", "med
 def config(preset: str = "default", **overrides) -> RLConfig:
     """A preset with some fields replaced (None values ignored); `paper` picks d_model and lr by
     env/kind as the paper does, unless given."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
     given = {k: v for k, v in overrides.items() if v is not None}
-    cfg = dataclasses.replace(PRESETS[preset], **given)
+    cfg = loop.preset_config(PRESETS, preset, **given)
     if preset == "paper":
         pair = (cfg.env, cfg.kind)
         auto = {"d_model": 256 if pair in (("hopper", "medium"), ("hopper", "medium-replay")) else 128,
@@ -99,11 +97,7 @@ def config(preset: str = "default", **overrides) -> RLConfig:
 
 
 def from_dict(d: dict) -> RLConfig:
-    fields = {f.name for f in dataclasses.fields(RLConfig)}
-    unknown = sorted(set(d) - fields)
-    if unknown:
-        raise ValueError(f"unknown rl-task config fields {unknown}")
-    return RLConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    return loop.config_from_dict(RLConfig, d, "rl")
 
 
 def collect_config(cfg: RLConfig) -> rl_collect.CollectConfig:

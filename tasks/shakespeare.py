@@ -164,18 +164,12 @@ Task = ShakespeareTask
 
 def config(preset: str = "default", **overrides) -> ShakespeareConfig:
     """A preset with some fields replaced (None values are ignored)."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
-    return dataclasses.replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    return loop.preset_config(PRESETS, preset, **overrides)
 
 
 def from_dict(d: dict) -> ShakespeareConfig:
-    """The Config saved in config.json / a checkpoint (JSON lists back to tuples)."""
-    fields = {f.name for f in dataclasses.fields(ShakespeareConfig)}
-    unknown = sorted(set(d) - fields)
-    if unknown:
-        raise ValueError(f"unknown shakespeare config fields {unknown}")
-    return ShakespeareConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    """The Config saved in config.json / a checkpoint."""
+    return loop.config_from_dict(ShakespeareConfig, d, "shakespeare")
 
 
 def train(cfg: ShakespeareConfig, out="runs/shakespeare", *, resume: bool = False, progress: bool = True) -> dict:
