@@ -73,7 +73,7 @@ def kernels(engines, shapes, dtype, repeats, gpu, log_space, no_torch, quick, js
         rows = []
         for shape in shapes:
             click.echo(f"timing {shape} {dtype} ...", err=True)
-            rows += B.bench_min_gru(np, shape, list(engines), dtype=np.dtype(dtype), repeats=repeats,
+            rows += B.bench_min_gru(shape, list(engines), dtype=np.dtype(dtype), repeats=repeats,
                                     log_space=log_space, torch=not no_torch)
         click.echo(B.format_rows(rows))
     if json_path:

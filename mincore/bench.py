@@ -12,7 +12,7 @@ preallocated destination. A public-API call allocates its outputs, and on this m
 first touch of fresh pages runs at ~1 GB/s (page faults in a VM), which dominates large shapes; so
 the numba engine is also timed with preallocated outputs ("numba (out=)"): the kernel alone, on the
 same footing as the copy.
-GPU copy: CuPy device-to-device copy timed with CUDA events.
+GPU: mincore.bench_gpu (device-to-device copy and kernels timed with CUDA events).
 """
 
 from __future__ import annotations
@@ -46,59 +46,40 @@ def _cpu_copy():
     return copy
 
 
-def _timer(xp):
-    """(sync, clock): a host clock for NumPy, CUDA-synchronised for CuPy."""
-    if xp is np:
-        return (lambda: None), time.perf_counter
-    return xp.cuda.Device().synchronize, time.perf_counter
-
-
-def median_time(fn, repeats: int, sync=lambda: None, clock=time.perf_counter) -> float:
+def median_time(fn, repeats: int) -> float:
+    """Median host-clock seconds of `repeats` calls after one warm-up (CPU work is synchronous)."""
     fn()
-    sync()
     ts = []
     for _ in range(repeats):
-        t0 = clock()
+        t0 = time.perf_counter()
         fn()
-        sync()
-        ts.append(clock() - t0)
+        ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
 
 
-def _inputs(xp, shape, dtype, seed=0):
-    rng = np.random.default_rng(seed)
-    arrays = [rng.standard_normal(shape, dtype=np.float64).astype(dtype) for _ in range(3)]
-    return [xp.asarray(a) for a in arrays]
-
-
-def bench_min_gru(xp, shape, engines, *, dtype=np.float32, repeats=5, log_space=False, torch=True):
-    """Rows of {engine, shape, pass, ms, GB/s, % of copy} for min_gru on `shape`."""
-    k, v, dh = _inputs(xp, shape, dtype)
+def bench_min_gru(shape, engines, *, dtype=np.float32, repeats=5, log_space=False, torch=True):
+    """Rows of {engine, shape, pass, ms, GB/s, % of copy} for min_gru on NumPy arrays of `shape`
+    (GPU engines: mincore.bench_gpu, timed with CUDA events)."""
+    rng = np.random.default_rng(0)
+    k, v, dh = (rng.standard_normal(shape, dtype=np.float64).astype(dtype) for _ in range(3))
     n_bytes = k.nbytes
-    sync, clock = _timer(xp)
-    if xp is np:
-        copy = _cpu_copy()
-        src, dst = k.reshape(-1), np.empty_like(k).reshape(-1)
+    copy = _cpu_copy()
+    src, dst = k.reshape(-1), np.empty_like(k).reshape(-1)
 
-        def do_copy():
-            copy(src, dst)
-    else:
-        src, dst = k.reshape(-1), xp.empty_like(k).reshape(-1)
-
-        def do_copy():
-            dst[...] = src
+    def do_copy():
+        copy(src, dst)
 
     copies = []
     rows = []
 
     def record(name, fwd, bwd, bwd_includes_fwd=False):
-        copies.append(median_time(do_copy, repeats, sync, clock))
-        t = {"fwd": median_time(fwd, repeats, sync, clock), "bwd": median_time(bwd, repeats, sync, clock)}
+        copies.append(median_time(do_copy, repeats))
+        t = {"fwd": median_time(fwd, repeats), "bwd": median_time(bwd, repeats)}
         if bwd_includes_fwd:  # eager torch cannot run a backward without its forward
             t["fwd+bwd"], t["bwd"] = t["bwd"], t["bwd"] - t["fwd"]
         else:
             t["fwd+bwd"] = t["fwd"] + t["bwd"]
-        copies.append(median_time(do_copy, repeats, sync, clock))
+        copies.append(median_time(do_copy, repeats))
         for p, sec in t.items():
             rows.append({"engine": name, "shape": tuple(shape), "dtype": np.dtype(dtype).name, "pass": p,
                          "ms": sec * 1e3, "GB/s": VALUES[p] * n_bytes / sec / 1e9})
@@ -108,10 +89,10 @@ def bench_min_gru(xp, shape, engines, *, dtype=np.float32, repeats=5, log_space=
         record(eng, lambda e=eng: cells.min_gru(k, v, log_space=log_space, engine=e),
                lambda e=eng, h=h: cells.min_gru_backward(k, v, h, dh, log_space=log_space, engine=e))
         if eng == "numba":  # the kernels alone: outputs preallocated, as the copy's destination is
-            record(eng + " (out=)", *_preallocated(get_engine(eng, xp)[1], k, v, h, dh, log_space))
+            record(eng + " (out=)", *_preallocated(get_engine(eng, np)[1], k, v, h, dh, log_space))
         del h
     if torch:
-        for name, fwd, bwd in _torch_baselines(xp, k, v, dh):
+        for name, fwd, bwd in _torch_baselines(np, k, v, dh):
             record(name, fwd, bwd, bwd_includes_fwd=True)
     copy_bw = 2 * n_bytes / statistics.median(copies) / 1e9
     for r in rows:
