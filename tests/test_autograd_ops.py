@@ -12,7 +12,7 @@ from autograd_check import vjp_dot_test
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from mincore.autograd import F, as_tensor, ops
+from mincore.autograd import F, Tensor, as_tensor, ops
 
 small_shapes = hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4)
 pairs = hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, max_side=4)
@@ -200,3 +200,30 @@ def test_mse(shape, seed, masked):
     p, t = normal(seed, shape, shape)
     m = np.random.default_rng(seed).random(shape) < 0.6 if masked else None
     vjp_dot_test(lambda p, t: F.mse(p, t, m), p, t, seed=seed)
+
+
+@pytest.mark.parametrize("dtype, rtol, atol", [(np.float32, 2e-6, 1e-6), (np.float64, 1e-13, 1e-13)])
+@given(n=st.sampled_from([0, 1, 7, 4095, 4097, 3 * 4096 + 5]), seed=seeds)
+def test_gelu_fused_matches_formula(dtype, rtol, atol, n, seed):
+    """The numba GELU (mincore.kernels.numba_act) against the array formula it replaces, value and VJP,
+    on sizes around its 4096-element jobs and on saturating inputs (|x| up to 1e13: the tails)."""
+    from mincore.autograd.elementwise import gelu_reference
+
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(n) * 4).astype(dtype)
+    x[: min(n, 8)] = np.array([-1e13, -1e5, -30, -5, 0, 5, 30, 1e13], dtype)[: min(n, 8)]
+    g = rng.standard_normal(n).astype(dtype)
+    xf, xr = Tensor(x.copy(), requires_grad=True), Tensor(x.astype(np.float64), requires_grad=True)
+    fused, ref = ops.gelu(xf), gelu_reference(xr)
+    fused.backward(g)
+    ref.backward(g.astype(np.float64))
+    assert fused.data.dtype == dtype and xf.grad.dtype == dtype
+    np.testing.assert_allclose(fused.data, ref.data, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(xf.grad, xr.grad, rtol=rtol, atol=atol)
+
+
+def test_gelu_non_contiguous_takes_the_formula():
+    x = np.random.default_rng(0).standard_normal((6, 4))[:, ::2]
+    from mincore.autograd.elementwise import gelu_reference
+
+    np.testing.assert_array_equal(ops.gelu(as_tensor(x)).data, gelu_reference(as_tensor(x)).data)
