@@ -32,6 +32,10 @@ __all__ = ["CopyConfig", "PRESETS", "MODELS", "NOISE", "MARKER", "make_batch", "
 
 NOISE, MARKER = 15, 0  # the official data's tokens; data tokens are 1 .. vocab - 2
 MODELS = ("mingru", "minlstm")
+# CPU threads `mincore train` uses unless --threads says otherwise: the model is small (batch 32 x 48
+# steps x width 384), so a second thread mostly adds synchronisation (300 steps: 33 s on one thread, 84 s
+# on two, shared 2-core machine)
+THREADS = 1
 GPU_ENGINES = ("cupy", "numba-cuda")
 
 

@@ -29,6 +29,7 @@ from .rl_model import BCMLP, DecisionRNN
 __all__ = ["RLConfig", "PRESETS", "MODELS", "RLTask", "config", "from_dict", "train"]
 
 MODELS = ("mingru", "minlstm", "bc")
+THREADS = 1  # CPU threads `mincore train` uses unless --threads says otherwise (small models, as copy)
 # Decision Transformer's reward scale for MuJoCo returns-to-go
 REWARD_SCALE = 1000.0
 

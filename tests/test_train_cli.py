@@ -136,3 +136,43 @@ def test_resume_needs_a_checkpoint_and_its_own_settings(tmp_path):
     assert r.exit_code == 1 and "no checkpoint" in r.output
     r = CliRunner().invoke(main, ["train", "--out", str(tmp_path), "--resume", "--steps", "9"])
     assert r.exit_code == 2 and "drop --steps" in r.output
+
+
+def test_threads_default_to_the_tasks_choice(tmp_path, small_eval, monkeypatch):
+    import mincore.cli.train as T
+
+    seen, orig = [], T.cpu_threads
+    monkeypatch.setattr(T, "cpu_threads", lambda n: (seen.append(n), orig(n))[1])
+    assert run("train", *FAST, "--steps", "1", "--out", str(tmp_path / "a")).exit_code == 0
+    assert run("train", *FAST, "--steps", "1", "--threads", "3", "--out", str(tmp_path / "b")).exit_code == 0
+    assert seen == [C.THREADS, 3] and C.THREADS == 1
+
+
+_FAULTS = """
+import resource, sys, numpy as np
+from mincore.backend import keep_freed_memory
+print(keep_freed_memory() if sys.argv[1] == "tuned" else None)
+def step():  # a training step's worth of activation-sized arrays, allocated, written, freed
+    arrs = [np.ones(2 << 20, np.float32) for _ in range(6)]
+step()
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+"""
+
+
+def test_keep_freed_memory_stops_page_faults_on_recycled_arrays():
+    """After keep_freed_memory() (glibc), repeated 8 MiB allocations reuse freed memory: no new page
+    faults (untuned glibc: ~30,000 for these 10 'steps', measured). Fresh processes: it is process-wide."""
+    import platform
+    import subprocess
+    import sys
+
+    out = {m: subprocess.run([sys.executable, "-c", _FAULTS, m], capture_output=True, text=True, check=True)
+           .stdout.split() for m in ("default", "tuned")}
+    if platform.libc_ver()[0] != "glibc":
+        assert out["tuned"][0] == "False"
+        return
+    assert out["tuned"][0] == "True"
+    assert int(out["tuned"][1]) < 100 < int(out["default"][1]), out
