@@ -267,23 +267,38 @@ def _engine_name(engine):
 
 
 def plot_curves(events, path, metric, title=""):
-    """Loss (train and held-out) and the task metric against steps, as a PNG (matplotlib, Agg)."""
+    """Loss (train and held-out) against steps, and the task metric against steps, as a PNG
+    (matplotlib, Agg). When the metric is the loss itself, the second panel shows every held-out
+    figure (e.g. Shakespeare's loss and stateful_loss) against wall-clock minutes instead."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, key in zip(axes, ("loss", metric), strict=True):
+    panels = [(axes[0], "loss", "step")]
+    if metric != "loss":
+        panels.append((axes[1], metric, "step"))
+    for ax, key, _ in panels:
         for split, style in (("train", "-"), ("eval", "o-")):
             pts = [(e["step"], e[key]) for e in events if e.get("split") == split and key in e
                    and "event" not in e]
             if pts:
                 ax.plot(*zip(*pts, strict=True), style, ms=3, label="held-out" if split == "eval" else split)
-        ax.set_xlabel("step")
+    if metric == "loss":
+        evals = [e for e in events if e.get("split") == "eval" and "event" not in e and "wall" in e]
+        keys = [k for k in (evals[0] if evals else {}) if k not in ("step", "split", "lr", "wall")]
+        for key in keys:
+            pts = [(e["wall"] / 60, e[key]) for e in evals if isinstance(e.get(key), (int, float))]
+            if pts:
+                axes[1].plot(*zip(*pts, strict=True), "o-", ms=3, label=f"held-out {key}")
+        panels.append((axes[1], "held-out loss", "wall-clock minutes"))
+    for ax, key, xlabel in panels:
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     axes[0].set_yscale("log")
     fig.suptitle(title)
     fig.tight_layout()

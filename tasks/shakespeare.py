@@ -34,6 +34,10 @@ __all__ = ["ShakespeareConfig", "PRESETS", "MODELS", "CORPUS_URL", "CORPUS_SHA25
            "corpus_path", "load_text", "split", "build_model", "ShakespeareTask", "config", "from_dict", "train"]
 
 MODELS = ("mingru", "minlstm")
+# CPU threads `mincore train` uses unless --threads says otherwise (None: all cores). The default
+# preset's GEMMs (4096 x 128 x 512) scale: 0.30-0.35 s per step on 2 threads against 0.39-0.44 on one
+# (2-core machine, docs/SHAKESPEARE.md).
+THREADS = None
 GPU_ENGINES = ("cupy", "numba-cuda")
 
 
@@ -66,10 +70,11 @@ class ShakespeareConfig(LoopConfig):
 PRESETS = {
     # 2-core CPU (docs/SHAKESPEARE.md): the issue's PyTorch prototype shape, which reached ~1.48 nats/char
     # there: 3 blocks of d 128 (0.71M parameters), context 128, batch 32, AdamW 2e-3, cosine decay,
-    # weight decay 0.1, light dropout (0.71M parameters see ~6M characters: little overfitting).
-    # Measured 0.70 CPU-s per step and 12 CPU-s per evaluation: 1500 steps + 6 evaluations ~ 18.7 CPU-min.
-    "default": ShakespeareConfig(d_model=128, context=128, batch_size=32, steps=1500, lr=2e-3, warmup=100,
-                                 min_lr_factor=0.1, weight_decay=0.1, dropout=0.1, clip=1.0, eval_every=250,
+    # weight decay 0.1, light dropout (0.71M parameters see ~7M characters: little overfitting).
+    # Measured on an idle 2-core machine: ~0.37 s per step on 2 threads and ~6.5 s per evaluation; 2000
+    # steps reached 1.501 in 13m37s, so 1800 steps (1.55 is the target) leave room for a slower machine.
+    "default": ShakespeareConfig(d_model=128, context=128, batch_size=32, steps=1800, lr=2e-3, warmup=100,
+                                 min_lr_factor=0.1, weight_decay=0.1, dropout=0.1, clip=1.0, eval_every=300,
                                  log_every=10),
     # Feng et al. 2024 (appendix C): 3 layers, embedding 384, expansion 2, dropout 0.2, AdamW lr 1e-3,
     # batch 64, 5000 steps, grad clip 0.25, test loss every 25 steps; context 256 as nanoGPT.
