@@ -23,7 +23,6 @@ import time
 import numpy as np
 
 from . import cells
-from .backend import get_engine
 
 SHAPES_CPU = ((64, 512, 256), (64, 4096, 256), (8, 65536, 64))
 SHAPES_GPU = ((64, 512, 256), (64, 4096, 256), (8, 65536, 256), (512, 64, 256))
@@ -35,6 +34,7 @@ def _cpu_copy():
 
     @njit(parallel=True, nogil=True)
     def copy(x, out):
+        x, out = x.reshape(-1), out.reshape(-1)  # any C-contiguous shape (slicing below is 1-D)
         n = x.size
         chunks = 1024
         for c in prange(chunks):
@@ -88,8 +88,8 @@ def bench_min_gru(shape, engines, *, dtype=np.float32, repeats=5, log_space=Fals
         h = cells.min_gru(k, v, log_space=log_space, engine=eng)
         record(eng, lambda e=eng: cells.min_gru(k, v, log_space=log_space, engine=e),
                lambda e=eng, h=h: cells.min_gru_backward(k, v, h, dh, log_space=log_space, engine=e))
-        if eng == "numba":  # the kernels alone: outputs preallocated, as the copy's destination is
-            record(eng + " (out=)", *_preallocated(get_engine(eng, np)[1], k, v, h, dh, log_space))
+        if eng == "numba":  # outputs preallocated (public out=), as the copy's destination is
+            record(eng + " (out=)", *_preallocated(eng, k, v, h, dh, log_space))
         del h
     if torch:
         for name, fwd, bwd in _torch_baselines(np, k, v, dh):
@@ -101,12 +101,11 @@ def bench_min_gru(shape, engines, *, dtype=np.float32, repeats=5, log_space=Fals
     return rows
 
 
-def _preallocated(impl, k, v, h, dh, log_space):
-    """(fwd, bwd) calls of an engine module that take preallocated outputs (`out=`)."""
-    h0 = np.zeros_like(k[:, 0])
-    hb, grads = np.empty_like(k), (np.empty_like(k), np.empty_like(k), np.empty_like(h0))
-    return (lambda: impl.min_gru(k, v, h0, log_space, out=hb),
-            lambda: impl.min_gru_backward(k, v, h, dh, h0, log_space, out=grads))
+def _preallocated(engine, k, v, h, dh, log_space):
+    """(fwd, bwd) public-API calls writing into preallocated outputs (`out=`)."""
+    hb, grads = np.empty_like(k), (np.empty_like(k), np.empty_like(k), np.empty_like(k[:, 0]))
+    return (lambda: cells.min_gru(k, v, log_space=log_space, engine=engine, out=hb),
+            lambda: cells.min_gru_backward(k, v, h, dh, log_space=log_space, engine=engine, out=grads))
 
 
 def _torch_baselines(xp, k, v, dh):

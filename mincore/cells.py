@@ -41,17 +41,43 @@ def scan_backward(a, h, dh, h0=None, *, reverse=False, engine=None):
     return impl.scan_backward(a, h, dh, h0)
 
 
-def min_gru(k, v, h0=None, *, log_space=False, engine=None):
+def min_gru(k, v, h0=None, *, log_space=False, engine=None, out=None):
     """minGRU over a whole sequence: z = sigmoid(k), h~ = v (log_space: g(v)),
-    h_t = (1 - z_t) h_{t-1} + z_t h~_t. k, v: (B, T, D) pre-activations from the input alone."""
-    _, impl, h0 = _setup(engine, h0, k=k, v=v)
-    return impl.min_gru(k, v, h0, checks.flag("log_space", log_space))
+    h_t = (1 - z_t) h_{t-1} + z_t h~_t. k, v: (B, T, D) pre-activations from the input alone.
+
+    out: an optional preallocated h (same shape and dtype as k, not overlapping the inputs); the
+    result is written there and returned. Engines that take it (numba) write it directly, the others
+    copy into it. A loop that reuses its buffers skips the allocation, whose first touch of fresh
+    pages can cost more than the kernel (docs/BENCHMARKS.md)."""
+    xp, impl, h0 = _setup(engine, h0, k=k, v=v)
+    outs = checks.outputs("out", out, {"h": (k.shape, k.dtype)}, {"k": k, "v": v, "h0": h0}, xp)
+    log_space = checks.flag("log_space", log_space)
+    if outs is None:
+        return impl.min_gru(k, v, h0, log_space)
+    return _into(xp, impl, outs, lambda **o: impl.min_gru(k, v, h0, log_space, **o))[0]
 
 
-def min_gru_backward(k, v, h, dh, h0=None, *, log_space=False, engine=None):
-    """(dk, dv, dh0) of `min_gru` given its output h and dL/dh."""
-    _, impl, h0 = _setup(engine, h0, k=k, v=v, h=h, dh=dh)
-    return impl.min_gru_backward(k, v, h, dh, h0, checks.flag("log_space", log_space))
+def min_gru_backward(k, v, h, dh, h0=None, *, log_space=False, engine=None, out=None):
+    """(dk, dv, dh0) of `min_gru` given its output h and dL/dh. out: optional preallocated
+    (dk, dv, dh0), as `min_gru`'s out."""
+    xp, impl, h0 = _setup(engine, h0, k=k, v=v, h=h, dh=dh)
+    like = {"dk": (k.shape, k.dtype), "dv": (k.shape, k.dtype), "dh0": (h0.shape, k.dtype)}
+    outs = checks.outputs("out", out, like, {"k": k, "v": v, "h": h, "dh": dh, "h0": h0}, xp)
+    log_space = checks.flag("log_space", log_space)
+    if outs is None:
+        return impl.min_gru_backward(k, v, h, dh, h0, log_space)
+    return _into(xp, impl, outs, lambda **o: impl.min_gru_backward(k, v, h, dh, h0, log_space, **o))
+
+
+def _into(xp, impl, outs, call):
+    """Run `call` writing into outs: directly where the engine takes out= (OUT = True), else copied."""
+    if getattr(impl, "OUT", False):
+        call(out=outs[0] if len(outs) == 1 else outs)
+        return outs
+    got = call()
+    for o, g in zip(outs, (got,) if len(outs) == 1 else got, strict=True):
+        xp.copyto(o, g)
+    return outs
 
 
 def min_gru_step(k_t, v_t, h_prev, *, log_space=False):

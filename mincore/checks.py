@@ -74,6 +74,32 @@ def state(name: str, h0, shape, dtype, xp):
     return h0
 
 
+def outputs(name: str, out, like: dict, inputs: dict, xp):
+    """`out`: None, or arrays matching `like` (name -> (shape, dtype)) one for one, from module xp,
+    C-contiguous and sharing no memory with any input (the kernels read inputs after writing outputs).
+    Returns a tuple (or None)."""
+    if out is None:
+        return None
+    single = len(like) == 1
+    outs = (out,) if single and not isinstance(out, tuple) else out
+    if not isinstance(outs, tuple) or len(outs) != len(like):
+        raise TypeError(f"{name}: expected {'an array' if single else f'a tuple of {len(like)} arrays'} "
+                        f"({', '.join(like)}), got {type(out).__name__}")
+    for o, (what, (shape, dtype)) in zip(outs, like.items(), strict=True):
+        label = name if single else f"{name} ({what})"
+        array(label, o, len(shape))
+        if get_array_module(o) is not xp:
+            raise TypeError(f"{label}: expected a {xp.__name__} array like the inputs, got {_desc(o)}")
+        if tuple(o.shape) != tuple(shape) or o.dtype != dtype:
+            raise ValueError(f"{label}: expected shape {tuple(shape)} dtype {dtype}, got {_desc(o)}")
+        for iname, x in inputs.items():
+            if x is not None and xp.may_share_memory(o, x):
+                raise ValueError(f"{label}: shares memory with input {iname}; pass a separate array")
+    if len({id(o) for o in outs}) != len(outs):
+        raise ValueError(f"{name}: the output arrays must be distinct")
+    return outs
+
+
 def flag(name: str, value) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected True or False, got {value!r}")

@@ -65,6 +65,21 @@ def _cases():
     yield "step shape", lambda: mincore.min_gru_step(a[:, 0].copy(), b[0].copy(), h[:, 0].copy()), \
         ValueError, ["v_t:"]
     yield "step ndim", lambda: mincore.min_lstm_step(a, a, a, h[:, 0].copy()), ValueError, ["kf_t:"]
+    e3, e2 = np.empty((B, T, D)), np.empty((B, D))
+    yield "out aliases k", lambda: mincore.min_gru(a, b, out=a), ValueError, ["out:", "input k"]
+    yield "out shape", lambda: mincore.min_gru(a, b, out=seq(shape=(B, T, D + 1))), ValueError, ["out:", "(2, 5, 4)"]
+    yield "out dtype", lambda: mincore.min_gru(a, b, out=seq("float32")), ValueError, ["out:", "float32"]
+    yield "out list", lambda: mincore.min_gru(a, b, out=[e3]), TypeError, ["out:", "list"]
+    yield "out strided", lambda: mincore.min_gru(a, b, out=seq(shape=(B, 2 * T, D))[:, ::2]), ValueError, \
+        ["out:", "contiguous"]
+    yield "bwd out count", lambda: mincore.min_gru_backward(a, b, h, h, out=(e3, e3.copy())), TypeError, \
+        ["out:", "3 arrays"]
+    yield "bwd out dh0", lambda: mincore.min_gru_backward(a, b, h, h, out=(e3, e3.copy(), e3.copy())), ValueError, \
+        ["out (dh0):", "2 dimensions"]
+    yield "bwd out same", lambda: mincore.min_gru_backward(a, b, h, h, out=(e3, e3, e2)), ValueError, \
+        ["out:", "distinct"]
+    yield "bwd out aliases dh", lambda: mincore.min_gru_backward(a, b, h, seq(), out=(h, e3, e2)), ValueError, \
+        ["out (dk):", "input h"]
     lam, bu = np.full(D, 0.5 + 0.5j), cseq()
     yield "real bu", lambda: mincore.lru_scan(lam, seq()), TypeError, ["bu:"]
     yield "lam shape", lambda: mincore.lru_scan(np.full(D + 1, 0.5j), bu), ValueError, ["lam:", "(4,)"]

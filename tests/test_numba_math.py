@@ -9,6 +9,7 @@ from numba import njit
 
 import mincore
 from mincore.kernels import gates, numba_cpu
+from mincore.kernels.numba_fpenv import HARDWARE_FTZ
 from mincore.kernels.numba_math import fast_dg, fast_exp, fast_g, fast_sigmoid, flush_subnormal
 
 
@@ -62,7 +63,7 @@ def test_flush_subnormal(dtype):
     assert np.array_equal(_apply(x, 4), np.array([tiny, 0, 0, -tiny, 1, 0], dtype=dtype))
 
 
-@pytest.mark.parametrize("cell", ["min_gru", "min_lstm", "scan"])
+@pytest.mark.parametrize("cell", ["min_gru", "min_lstm", "scan"] + (["lru"] if HARDWARE_FTZ else []))
 def test_backward_leaves_no_subnormals(cell):
     """A loss on the last step only: gradients decay through ~300 steps into the subnormal range."""
     rng = np.random.default_rng(0)
@@ -78,12 +79,20 @@ def test_backward_leaves_no_subnormals(cell):
         dh = np.zeros_like(h)
         dh[:, -1] = 1
         grads = mincore.min_lstm_backward(x[0] - 6, x[1], x[2], h, dh)
-    else:
+    elif cell == "scan":
         a = np.full((B, T, D), 0.5, np.float32)
         h = mincore.scan(a, x[1])
         dh = np.zeros_like(h)
         dh[:, -1] = 1
         grads = mincore.scan_backward(a, h, dh)
+    else:  # |lam| = 0.7: G_t ~ 0.7^(T-t) passes 1e-38 about 250 steps before the loss
+        lam = (0.7 * np.exp(1j * rng.uniform(0, np.pi, D))).astype(np.complex64)
+        bu = (x[1] + 1j * x[2]).astype(np.complex64)
+        h = mincore.lru_scan(lam, bu)
+        dh = np.zeros_like(h)
+        dh[:, -1] = 1
+        dlam, dbu, dh0 = mincore.lru_scan_backward(lam, h, dh)
+        grads = [part for g in (dbu, dlam, dh0) for part in (g.real, g.imag)]
     tiny = np.finfo(np.float32).tiny
     for g in grads:
         assert not np.any((g != 0) & (np.abs(g) < tiny))
@@ -103,3 +112,34 @@ def test_preallocated_outputs_are_written_in_place():
     assert all(a is b for a, b in zip(got, out, strict=True))
     for a, b in zip(got, mincore.min_gru_backward(k, v, h, dh, h0), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not HARDWARE_FTZ, reason="MXCSR exists on x86-64 only (elsewhere the kernels flush in software)")
+def test_backward_kernels_leave_the_callers_float_mode_alone():
+    """The backward jobs set FTZ (numba_fpenv) and must restore it: afterwards NumPy in this thread
+    still produces subnormals, and the MXCSR reads as before."""
+    from numba import njit
+
+    from mincore.kernels.numba_fpenv import get_mxcsr
+
+    read = njit(lambda: get_mxcsr())
+    before = read()
+    rng = np.random.default_rng(0)
+    k, v, dh = (rng.standard_normal((4, 33, 40)).astype(np.float32) for _ in range(3))
+    mincore.min_gru_backward(k, v, mincore.min_gru(k, v), dh)
+    assert read() & 0x8040 == before & 0x8040 == 0
+    tiny = np.finfo(np.float32).tiny
+    assert np.float32(tiny) / np.float32(4) != 0  # still gradual underflow in the caller
+
+
+def test_subnormal_inputs_are_read_as_they_are():
+    """Hardware flushing covers what the kernels compute, not their inputs: g'(v) is 1/4 just below 0
+    and 1 at 0, so reading v = -3.6e-41 as zero (DAZ) would make dv 4x too large (a hypothesis find)."""
+    k = np.zeros((1, 3, 2), np.float32)
+    v = np.full((1, 3, 2), -3.6e-41, np.float32)
+    dh = np.ones_like(k)
+    h = mincore.min_gru(k, v, log_space=True)
+    got = mincore.min_gru_backward(k, v, h, dh, log_space=True)
+    want = mincore.min_gru_backward(k, v, h, dh, log_space=True, engine="numpy")
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=0)

@@ -170,6 +170,26 @@ CASES = {"scan": (_case_scan, ["reverse"]), "min_gru": (_case_min_gru, ["log_spa
          "min_lstm": (_case_min_lstm, ["normalize", "log_space"]), "lru_scan": (_case_lru_scan, [])}
 
 
+@pytest.mark.parametrize("log_space", [False, True])
+def test_min_gru_out_is_written_and_returned(backend, log_space):
+    """out= (preallocated results): the same values as without it, written into and returned as the
+    given arrays, on every engine (numba writes directly, the others copy)."""
+    rng = np.random.default_rng(7)
+    dtype = backend.dtypes[0]
+    k, v, dh = (backend.to_device(rng.standard_normal((3, 37, 20)).astype(dtype)) for _ in range(3))
+    h0 = backend.to_device(rng.standard_normal((3, 20)).astype(dtype))
+    xp = mincore.get_array_module(k)
+    kw = dict(log_space=log_space, engine=backend.engine)
+    h = xp.full_like(k, np.nan)
+    assert mincore.min_gru(k, v, h0, out=h, **kw) is h
+    np.testing.assert_array_equal(backend.to_host(h), backend.to_host(mincore.min_gru(k, v, h0, **kw)))
+    outs = (xp.full_like(k, np.nan), xp.full_like(k, np.nan), xp.full_like(h0, np.nan))
+    got = mincore.min_gru_backward(k, v, h, dh, h0, out=outs, **kw)
+    assert all(g is o for g, o in zip(got, outs, strict=True))
+    for g, w in zip(got, mincore.min_gru_backward(k, v, h, dh, h0, **kw), strict=True):
+        np.testing.assert_array_equal(backend.to_host(g), backend.to_host(w))
+
+
 @pytest.mark.parametrize("T", S.SPECIAL_T)
 @pytest.mark.parametrize("op", list(CASES))
 @settings(max_examples=4)

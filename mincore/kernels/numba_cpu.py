@@ -19,6 +19,12 @@ recomputed in the backward instead of stored: an exp is cheaper than a memory ro
 
 The backward is the forward scan reversed with gates shifted by one (Martin & Cundy 2018, sec 2.2):
 G_t = dh_t + a_{t+1} G_{t+1}, carried in a register-resident block while t runs T-1 .. 0.
+
+Backward order: t runs down, and so do the channels inside each row, so every one of the six streams
+walks memory strictly downwards (the hardware prefetchers follow a monotone stream; rows visited
+downwards but read upwards inside are not one). Measured at (64, 4096, 256) float32, 2 threads, same
+run, kernel alone: 128-136 ms against 139-154 ms with ascending channels (7-10%); equal in cache. A
+software prefetch of row t-1 or t-2 (llvm.prefetch) instead gained 2-7% and nothing on top of this.
 """
 
 from __future__ import annotations
@@ -28,13 +34,15 @@ import functools
 import numpy as np
 from numba import njit, prange
 
+from .numba_fpenv import denormals_off, denormals_restore
+from .numba_fpenv import flush_if_soft as ftz
 from .numba_math import fast_dg, fast_g, fast_sigmoid, fast_sigmoid_pair
-from .numba_math import flush_subnormal as ftz
 from .numba_scan import JIT as _JIT
 from .numba_scan import ROW as _ROW
 from .numba_scan import U, block, job_range, lru_scan, lru_scan_backward, n_jobs, scan, scan_backward  # noqa: F401 (engine API)
 
 DTYPES = ("float32", "float64")
+OUT = True  # min_gru / min_gru_backward write into preallocated outputs (mincore.cells: out=)
 
 
 # ------------------------------------------------------------------------------------- minGRU
@@ -53,7 +61,8 @@ def _gru_fwd_row(k, v, h, o, p, n, log_space):
 
 @njit(**_ROW)
 def _gru_bwd_row(k, v, hp, dh, dk, dv, carry, o, p, n, one, log_space):
-    for j in range(n):
+    for jj in range(n):
+        j = n - 1 - jj  # descending, as t is: see "Backward order" above
         u, w = o + U(j), p + U(j)
         z, a = fast_sigmoid_pair(k[u])  # a = 1 - z, without cancellation
         g = dh[u] + carry[j]  # G_t = dh_t + a_{t+1} G_{t+1}
@@ -63,7 +72,7 @@ def _gru_bwd_row(k, v, hp, dh, dk, dv, carry, o, p, n, one, log_space):
             x, dx = v[u], one
         dk[u] = ftz(g * (x - hp[w]) * z * a)  # a = 1 - z, b = z h~: dk = G (h~ - h_{t-1}) z'
         dv[u] = ftz(g * z * dx)
-        carry[j] = ftz(a * g)  # subnormals flushed: see numba_math.flush_subnormal
+        carry[j] = ftz(a * g)  # subnormals flushed: see numba_fpenv
 
 
 @functools.cache
@@ -86,6 +95,7 @@ def _gru_kernels(log_space: bool):
         k, v, h, dh, h0 = k.reshape(-1), v.reshape(-1), h.reshape(-1), dh.reshape(-1), h0.reshape(-1)
         dk, dv, dh0 = dk.reshape(-1), dv.reshape(-1), dh0.reshape(-1)
         for job in prange(jobs):
+            fpenv = denormals_off()  # subnormals flushed by the hardware (numba_fpenv), this job only
             i, d0, n = job_range(job, D, blk)
             carry = np.zeros(n, dtype=h0.dtype)  # a_{t+1} G_{t+1}, zero past the end
             for t in range(T - 1, 0, -1):
@@ -94,6 +104,7 @@ def _gru_kernels(log_space: bool):
             if T > 0:  # t = 0 reads h0
                 _gru_bwd_row(k, v, h0, dh, dk, dv, carry, U(i * T * D + d0), U(i * D + d0), n, one, log_space)
             dh0[i * D + d0:i * D + d0 + n] = carry
+            denormals_restore(fpenv)
 
     return fwd, bwd
 
@@ -134,7 +145,8 @@ def _lstm_fwd_row(kf, ki, v, h, o, p, n, one, normalize, log_space):
 
 @njit(**_ROW)
 def _lstm_bwd_row(kf, ki, v, hp, dh, dkf, dki, dv, carry, o, p, n, one, normalize, log_space):
-    for j in range(n):
+    for jj in range(n):
+        j = n - 1 - jj  # descending, as t is: see "Backward order" above
         u, w = o + U(j), p + U(j)
         f, cf = fast_sigmoid_pair(kf[u])  # cf = 1 - f, ci = 1 - i without cancellation
         i, ci = fast_sigmoid_pair(ki[u])
@@ -178,6 +190,7 @@ def _lstm_kernels(normalize: bool, log_space: bool):
         kf, ki, v, h, dh = kf.reshape(-1), ki.reshape(-1), v.reshape(-1), h.reshape(-1), dh.reshape(-1)
         dkf, dki, dv, h0, dh0 = dkf.reshape(-1), dki.reshape(-1), dv.reshape(-1), h0.reshape(-1), dh0.reshape(-1)
         for job in prange(jobs):
+            fpenv = denormals_off()  # subnormals flushed by the hardware (numba_fpenv), this job only
             i, d0, n = job_range(job, D, blk)
             carry = np.zeros(n, dtype=h0.dtype)
             for t in range(T - 1, 0, -1):
@@ -187,6 +200,7 @@ def _lstm_kernels(normalize: bool, log_space: bool):
                 _lstm_bwd_row(kf, ki, v, h0, dh, dkf, dki, dv, carry, U(i * T * D + d0), U(i * D + d0), n, one,
                               normalize, log_space)
             dh0[i * D + d0:i * D + d0 + n] = carry
+            denormals_restore(fpenv)
 
     return fwd, bwd
 

@@ -20,7 +20,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .numba_math import flush_subnormal as ftz
+from .numba_fpenv import denormals_off, denormals_restore
+from .numba_fpenv import flush_if_soft as ftz
 
 U = np.uint64
 # error_model="numpy": no zero-division checks inside loops (they block vectorisation);
@@ -77,12 +78,13 @@ def _scan(a, b, h0, h, reverse, blk, jobs):
 
 @njit(**ROW)
 def _scan_bwd_row(a, hp, dh, da, db, carry, o, p, n):
-    for j in range(n):
+    for jj in range(n):
+        j = n - 1 - jj  # descending, as t is (numba_cpu's "Backward order")
         u, w = o + U(j), p + U(j)
         g = dh[u] + carry[j]  # G_t = dh_t + a_{t+1} G_{t+1}
         db[u] = ftz(g)
         da[u] = ftz(g * hp[w])
-        carry[j] = ftz(a[u] * g)  # subnormals flushed: see numba_math.flush_subnormal
+        carry[j] = ftz(a[u] * g)  # subnormals flushed: see numba_fpenv
 
 
 @njit(**JIT)
@@ -91,6 +93,7 @@ def _scan_bwd(a, h, dh, h0, da, db, dh0, blk, jobs):
     a, h, dh, da, db = a.reshape(-1), h.reshape(-1), dh.reshape(-1), da.reshape(-1), db.reshape(-1)
     h0, dh0 = h0.reshape(-1), dh0.reshape(-1)
     for job in prange(jobs):
+        fpenv = denormals_off()  # subnormals flushed by the hardware (numba_fpenv), this job only
         i, d0, n = job_range(job, D, blk)
         carry = np.zeros(n, dtype=h0.dtype)  # a_{t+1} G_{t+1}; zero past the end
         for t in range(T - 1, -1, -1):
@@ -100,6 +103,7 @@ def _scan_bwd(a, h, dh, h0, da, db, dh0, blk, jobs):
             else:
                 _scan_bwd_row(a, h0, dh, da, db, carry, o, U(i * D + d0), n)
         dh0[i * D + d0:i * D + d0 + n] = carry
+        denormals_restore(fpenv)
 
 
 def scan(a, b, h0, reverse=False):
@@ -118,7 +122,8 @@ def scan_backward(a, h, dh, h0):
 
 # ------------------------------------------------------------------------------------------- LRU
 # Complex rows: few enough in practice (the LRU is not the bandwidth target) that the complex type's
-# own arithmetic is kept; the same flat addressing.
+# own arithmetic is kept; the same flat addressing. The backward runs with hardware flush-to-zero like
+# the others; where there is none (not x86-64) its values are not flushed in software.
 
 
 @njit(**ROW)
@@ -157,6 +162,7 @@ def _lru_bwd(lam, h, dh, h0, dbu, dh0, dlam_part, blk, jobs):
     B, T, D = h.shape
     h, dh, dbu, h0, dh0 = h.reshape(-1), dh.reshape(-1), dbu.reshape(-1), h0.reshape(-1), dh0.reshape(-1)
     for job in prange(jobs):
+        fpenv = denormals_off()  # decaying G_t stays out of the subnormal range (numba_fpenv)
         i, d0, n = job_range(job, D, blk)
         lam_c = np.conj(lam[d0:d0 + n])
         carry = np.zeros(n, dtype=h.dtype)
@@ -169,6 +175,7 @@ def _lru_bwd(lam, h, dh, h0, dbu, dh0, dlam_part, blk, jobs):
                 _lru_bwd_row(lam_c, h0, dh, dbu, carry, acc, o, U(i * D + d0), n)
         dh0[i * D + d0:i * D + d0 + n] = carry
         dlam_part[i, d0:d0 + n] = acc
+        denormals_restore(fpenv)
 
 
 def lru_scan(lam, bu, h0):
