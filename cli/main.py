@@ -20,6 +20,12 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise  # click's own control flow (--help raises Exit, a RuntimeError)
+        except BrokenPipeError:  # `mincore info | head`: the reader left; stop quietly (Python docs' recipe)
+            import os
+            import sys
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except (ValueError, TypeError, RuntimeError, FileNotFoundError, OSError) as e:
             raise click.ClickException(f"{type(e).__name__}: {e}") from None
 
@@ -46,17 +52,16 @@ def info():
       mincore info
     """
     import platform
+    from importlib import metadata
 
     import numpy
 
     from mincore.backend import engines
 
     versions = {"mincore": __version__, "python": platform.python_version(), "numpy": numpy.__version__}
+    dists = metadata.packages_distributions()  # import name -> distributions (cupy ships as cupy-cuda12x...)
     for mod in ("numba", "scipy", "h5py", "click", "tqdm", "matplotlib", "cupy", "torch"):
-        try:
-            versions[mod] = __import__(mod).__version__
-        except Exception:
-            versions[mod] = "not installed"
+        versions[mod] = metadata.version(dists[mod][0]) if dists.get(mod) else "not installed"
     click.echo(f"machine: {platform.machine()} {platform.system()} ({_cpu_count()} CPUs)")
     for k, v in versions.items():
         click.echo(f"{k:>11}: {v}")
