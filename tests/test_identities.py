@@ -75,7 +75,7 @@ def _cell(name, data, dtype, shape):
         return mincore.lru_scan(lam, bu, h0, engine=engine)
 
     bu = data.draw(S.complex_values(shape, cdt))
-    return lru, (bu,), {}, log_space_extent(np.broadcast_to(lam, shape)), \
+    return lru, (bu,), {}, log_space_extent(np.broadcast_to(lam, shape), blocks=False), \
         lambda h0: tl.scan_scales(up(lam), up(bu), up(h0))
 
 

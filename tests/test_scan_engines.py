@@ -118,7 +118,7 @@ def _case_lru_scan(backend, data, dtype, t):
     lam = data.draw(S.lambdas(shape[2], dtype), "lam")
     bu, dh = data.draw(S.complex_values(shape, dtype)), data.draw(S.complex_values(shape, dtype))
     h0 = data.draw(S.initial_states(shape, dtype, complex_=True), "h0")
-    extent = log_space_extent(np.broadcast_to(up(lam), shape))
+    extent = log_space_extent(np.broadcast_to(up(lam), shape), blocks=False)
     mags = functools.cache(lambda: tl.lru_scales(up(lam), up(bu), up(h0), up(dh)))
     h = run(backend, mincore.lru_scan, lam, bu, h0)
     want = oracle(mincore.lru_scan, lam, bu, h0)
@@ -215,8 +215,8 @@ def test_scan_any_sign_gates(backend, data):
 
 @pytest.mark.parametrize("op", ["scan", "min_gru", "min_lstm"])
 def test_float32_long_sequence(backend, op):
-    """The issue's target at T = 4096 in float32 (1e-5 for linear-space engines; the log-space
-    engine's measured, T-dependent allowance is explained in tests/tolerances.py)."""
+    """The issue's target at T = 4096 in float32: 1e-5 relative for every engine, flat (the log-space
+    engine meets it through its blocks of CHUNK steps: tests/tolerances.py)."""
     backend.skip_unless_dtype("float32")
     rng = np.random.default_rng(4096)
     shape = (2, 4096, 32)
@@ -226,16 +226,13 @@ def test_float32_long_sequence(backend, op):
 
     h0 = draw()[:, 0].copy()
     if op == "scan":
-        a, b = rng.uniform(0.5, 1.0, shape).astype(np.float32), draw()
-        args, a64 = (a, b, h0), up(a)
+        args = (rng.uniform(0.5, 1.0, shape).astype(np.float32), draw(), h0)
     elif op == "min_gru":
         args = (draw(), draw(), h0)
-        a64 = gates.min_gru_coeffs(np, up(args[0]), up(args[1]), False)[0]
     else:
         args = (draw(), draw(), draw(), h0)
-        a64 = gates.min_lstm_coeffs(np, *map(up, args[:3]), True, False)[0]
     fn = getattr(mincore, op)
-    check(backend, run(backend, fn, *args), oracle(fn, *args), "float32", op, log_space_extent(a64))
+    check(backend, run(backend, fn, *args), oracle(fn, *args), "float32", op, extent=0.0)
 
 
 def test_logspace_generic_logcumsumexp(monkeypatch):
