@@ -82,6 +82,8 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, data
     from mincore.tasks import get_task
     from mincore.tasks.loop import NonFiniteLoss
 
+    from mincore.backend import keep_freed_memory
+
     mod = get_task(task)
     if preset not in mod.PRESETS:
         raise click.BadParameter(f"unknown preset {preset!r} for task {task}; expected one of "
@@ -118,7 +120,8 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, data
                          **(rl if task == "rl" else {}))
         cfg.validate()
     try:
-        with cpu_threads(threads or getattr(mod, "THREADS", None) or os.cpu_count() or 1):
+        keep_freed_memory()  # each step's activations reuse freed memory (its docstring)
+        with cpu_threads(threads or mod.THREADS or os.cpu_count() or 1):
             s = mod.train(cfg, out, resume=resume, progress=not quiet)
     except NonFiniteLoss as e:
         raise click.ClickException(str(e)) from None
@@ -142,9 +145,6 @@ def cpu_threads(n: int):
     import numba
     from threadpoolctl import threadpool_limits
 
-    from mincore.backend import keep_freed_memory
-
-    keep_freed_memory()  # activations recycled, not re-faulted every step (its docstring: ~1.8x here)
     old = numba.get_num_threads()
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     try:
