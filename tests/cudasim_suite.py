@@ -23,6 +23,7 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":  # pragma: no cover - guarded 
     pytest.skip("run with NUMBA_ENABLE_CUDASIM=1 (tests/test_cudasim.py does)", allow_module_level=True)
 
 from numba import config  # noqa: E402
+from strategies import lru_inputs  # noqa: E402
 
 from mincore.kernels import numba_cuda as nc  # noqa: E402
 from mincore.kernels import reference as ref  # noqa: E402
@@ -105,15 +106,7 @@ def test_scan(plan, shape, reverse):
 @pytest.mark.parametrize("shape", [(2, 128, 4), (1, 17, 3), (2, 0, 4)])
 @pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
 def test_lru(plan, shape, dtype):
-    rng = np.random.default_rng(3)
-    B, T, D = shape
-    lam = (rng.uniform(0.5, 0.99, D) * np.exp(1j * rng.uniform(0, np.pi, D))).astype(dtype)
-
-    def c(*s):
-        return (rng.standard_normal(s) + 1j * rng.standard_normal(s)).astype(dtype)
-
-    bu, dh, h0 = c(B, T, D), c(B, T, D), c(B, D)
-    real = np.float32 if dtype == np.complex64 else np.float64
+    lam, bu, dh, h0, real = lru_inputs(shape, dtype)
     h_ref = ref.lru_scan(lam, bu, h0)
     _close(nc.lru_scan(lam, bu, h0), h_ref, real)
     got, want = nc.lru_scan_backward(lam, h_ref, dh, h0), ref.lru_scan_backward(lam, h_ref, dh, h0)

@@ -79,3 +79,17 @@ def initial_states(draw, shape, dtype="float64", complex_=False):
 
 
 flags = st.booleans()
+
+
+def lru_inputs(shape, dtype, seed=3):
+    """Fixed-seed LRU inputs (lam, bu, dh, h0) of (B, T, D) `shape` in complex `dtype`, |lam| in
+    [0.5, 0.99], and the matching real dtype: the GPU engines' direct (non-hypothesis) LRU cases."""
+    rng = np.random.default_rng(seed)
+    B, T, D = shape
+    lam = (rng.uniform(0.5, 0.99, D) * np.exp(1j * rng.uniform(0, np.pi, D))).astype(dtype)
+
+    def c(*s):
+        return (rng.standard_normal(s) + 1j * rng.standard_normal(s)).astype(dtype)
+
+    bu, dh, h0 = c(B, T, D), c(B, T, D), c(B, D)
+    return lam, bu, dh, h0, (np.float32 if dtype == np.complex64 else np.float64)

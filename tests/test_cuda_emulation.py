@@ -9,6 +9,7 @@ from __future__ import annotations
 import cuda_emulation as ce
 import numpy as np
 import pytest
+from strategies import lru_inputs
 
 from mincore.kernels import cupy_engine
 from mincore.kernels import reference as ref
@@ -96,15 +97,7 @@ def test_scan(api, shape, dtype):
 @pytest.mark.parametrize("plan,shape", CASES)
 @pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
 def test_lru(api, shape, dtype):
-    rng = np.random.default_rng(3)
-    B, T, D = shape
-    lam = (rng.uniform(0.5, 0.99, D) * np.exp(1j * rng.uniform(0, np.pi, D))).astype(dtype)
-
-    def c(*s):
-        return (rng.standard_normal(s) + 1j * rng.standard_normal(s)).astype(dtype)
-
-    bu, dh, h0 = c(B, T, D), c(B, T, D), c(B, D)
-    real = np.float32 if dtype == np.complex64 else np.float64
+    lam, bu, dh, h0, real = lru_inputs(shape, dtype)
     h = ref.lru_scan(lam, bu, h0)
     _close(api["lru_scan"](lam, bu, h0), h, real)
     _close(api["lru_scan_backward"](lam, h, dh, h0), ref.lru_scan_backward(lam, h, dh, h0), real)
