@@ -2,6 +2,7 @@
 # One-call GPU check for a session that has a device (e.g. the `run` tool on an H100):
 #   bash benchmarks/gpu_check.sh            # tests + benchmark, markdown on stdout
 #   QUICK=1 bash benchmarks/gpu_check.sh    # gpu tests of tests/test_gpu.py only, 10 repeats
+#   NUMPY_COMPAT=1 ...                      # numba-cuda older than NumPy 2.5 (benchmarks/numpy_compat)
 # Writes gpu_tests.txt, gpu_bench.md and gpu_bench.json to $OUT (or ./gpu_check_out).
 # Needs cupy (cupy-cuda12x or -13x), numba (numba-cuda for recent drivers), pytest, hypothesis;
 # torch is optional (the paper's log-space minGRU baseline). Installs nothing from the network.
@@ -10,6 +11,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-gpu_check_out}
 mkdir -p "$OUT"
+# NUMPY_COMPAT=1: restore np.row_stack for numba-cuda releases older than NumPy 2.5 (test env only)
+[ "${NUMPY_COMPAT:-0}" = 1 ] && export PYTHONPATH="$PWD/benchmarks/numpy_compat:${PYTHONPATH:-}"
 
 echo "## environment"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -2
@@ -29,7 +32,10 @@ $PY -c "import json, mincore; print(json.dumps({k: v['reason'] or 'ok' for k, v 
 
 echo "## gpu tests"
 if [ "${QUICK:-0}" = 1 ]; then TESTS=tests/test_gpu.py; REPEATS=10; else TESTS=tests; REPEATS=50; fi
-$PY -m pytest -m gpu -q -rfEs -p no:cacheprovider $TESTS > "$OUT/gpu_tests.txt" 2>&1
+# pytest-xdist (in the GPU image) spreads the tests over processes: each has its own CUDA context
+XDIST=""; $PY -c "import xdist" 2>/dev/null && XDIST="-n ${NPROC:-6}"
+timeout "${TEST_TIMEOUT:-360}" $PY -m pytest -m gpu -q -rfEs -p no:cacheprovider --durations=10 $XDIST $TESTS \
+  > "$OUT/gpu_tests.txt" 2>&1
 TEST_RC=$?
 tail -40 "$OUT/gpu_tests.txt"
 echo "pytest -m gpu exit code: $TEST_RC"

@@ -100,7 +100,29 @@ def _probe_numba_cuda() -> str | None:
             return "no CUDA device (numba.cuda.is_available() is False)"
     except Exception as e:
         return f"no CUDA device ({type(e).__name__}: {e})"
+    try:  # the device is there: numba-cuda must also compile (a numba-cuda older than the installed
+        # NumPy fails here, e.g. numba-cuda 0.30 with NumPy 2.5: "no attribute 'row_stack'")
+        @cuda.jit
+        def one(x):
+            x[0] = 1.0
+
+        x = cuda.to_device(np.zeros(1, dtype=np.float32))
+        one[1, 1](x)
+        if x.copy_to_host()[0] != 1.0:
+            return "CUDA device present but a numba-cuda test kernel produced a wrong result"
+    except Exception as e:
+        return (f"CUDA device present but numba-cuda cannot compile/launch a kernel ({type(e).__name__}: {e}); "
+                f"numba-cuda {_version('numba-cuda')} with NumPy {np.__version__}: try another numba-cuda")
     return None
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def cudasim_enabled() -> bool:

@@ -30,6 +30,8 @@ using std::max;
 using std::min;
 
 inline float __expf(float x) { return std::exp(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline int __float_as_int(float x) { int i; std::memcpy(&i, &x, sizeof i); return i; }
 template <class T> inline T __ldg(const T* p) { return *p; }
 alignas(16) inline unsigned char smem[1 << 16];  // `extern __shared__ unsigned char smem[]` binds here
 
@@ -59,9 +61,9 @@ inline void mc_arrive(mc_barrier& b) {
 }
 inline void __syncthreads() { mc_arrive(mc_block_bar); }
 inline void __syncwarp(unsigned = 0xffffffffu) { mc_arrive(mc_warps[mc_self->tid / 32]); }
-template <class T> inline T __shfl_up_sync(unsigned, T v, int o) {
+template <class T> inline T __shfl_up_sync(unsigned, T v, int o, int width = 32) {
   static_assert(sizeof(T) <= 8, "shuffle of at most 8 bytes");
-  const unsigned t = mc_self->tid, lane = t % 32;
+  const unsigned t = mc_self->tid, lane = t % 32 % width;  // lanes shuffle within groups of width
   std::memcpy(&mc_slots[t], &v, sizeof(T));
   __syncwarp();
   T r = v;

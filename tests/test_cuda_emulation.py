@@ -17,7 +17,7 @@ from mincore.kernels import reference as ref
 pytestmark = pytest.mark.skipif(ce.CXX is None, reason="no C++ compiler (g++/clang++) on PATH")
 
 PLANS = {"thread": {}, "segments": {"dpb": 4, "nseg": 8}, "wide": {"dpb": 32, "nseg": 8},
-         "chunks": {"dpb": 8, "nseg": 4, "C": 3}}
+         "chunks": {"dpb": 8, "nseg": 4, "C": 3}, "pairs": {"dpb": 16, "nseg": 2}}
 SHAPES = [(2, 128, 4), (3, 17, 5), (2, 1, 3), (2, 0, 4), (1, 70, 40)]
 # (plan, shape) pairs: every shape on the cheap paths; the 256-thread "wide" blocks (slow to emulate:
 # a std::thread per GPU thread) only where they matter: a partial block of channels (D = 40)

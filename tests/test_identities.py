@@ -15,6 +15,7 @@ from test_scan_engines import run, up
 from tolerances import assert_close, log_space_extent, tolerance
 
 import mincore
+from mincore.backend import get_array_module
 from mincore.kernels import gates
 
 
@@ -71,8 +72,8 @@ def _cell(name, data, dtype, shape):
     cdt = np.result_type(dtype, 1j).name
     lam = data.draw(S.lambdas(shape[2], cdt), "lam")
 
-    def lru(bu, h0=None, engine=None):
-        return mincore.lru_scan(lam, bu, h0, engine=engine)
+    def lru(bu, h0=None, engine=None):  # lam follows bu onto the device (`run` moves the sequences only)
+        return mincore.lru_scan(get_array_module(bu).asarray(lam), bu, h0, engine=engine)
 
     bu = data.draw(S.complex_values(shape, cdt))
     return lru, (bu,), {}, log_space_extent(np.broadcast_to(lam, shape), blocks=False), \

@@ -107,9 +107,10 @@ def run_cell(cell, xs, ys, h0, s0, yfin, part, shape, rev, flags, *, xp, n_sm, k
               else (dummy_v, dummy_v))
     fin = yfin if yfin is not None else s0
     grid, block, smem = p.grid(B, D), p.block(), p.shared_bytes(acc.itemsize)
-    if smem > 48 * 1024 or p.dpb * p.nseg > 256 or (p.nseg > 1 and p.dpb * p.nseg % 32):
+    if (smem > 48 * 1024 or p.dpb * p.nseg > 256 or p.nseg > 32 or p.nseg & (p.nseg - 1)
+            or (p.nseg > 1 and p.dpb * p.nseg % 32)):
         raise ValueError(f"cupy engine: unusable plan {p} ({smem} B shared; blocks hold at most 256 "
-                         "threads, whole warps when nseg > 1)")
+                         "threads, nseg a power of two <= 32, whole warps when nseg > 1)")
 
     def run(mode, want_fin):
         ints = (B, T, D, p.L, int(rev), mode, flags, int(want_fin))

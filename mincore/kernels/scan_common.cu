@@ -60,10 +60,11 @@ __device__ __forceinline__ void st(half_t* p, long long i, float v) {
 template <class R> __device__ __forceinline__ void st(cplx<R>* p, long long i, cplx<R> v) { p[i] = v; }
 
 // warp shuffles for the intra-block carry scan (complex: two shuffles)
-__device__ __forceinline__ float shfl_up(float x, int o) { return __shfl_up_sync(0xffffffffu, x, o); }
-__device__ __forceinline__ double shfl_up(double x, int o) { return __shfl_up_sync(0xffffffffu, x, o); }
-template <class R> __device__ __forceinline__ cplx<R> shfl_up(cplx<R> x, int o) {
-  return {shfl_up(x.re, o), shfl_up(x.im, o)};
+// (width w: lanes shuffle within aligned groups of w, a power of two <= 32)
+__device__ __forceinline__ float shfl_up(float x, int o, int w) { return __shfl_up_sync(0xffffffffu, x, o, w); }
+__device__ __forceinline__ double shfl_up(double x, int o, int w) { return __shfl_up_sync(0xffffffffu, x, o, w); }
+template <class R> __device__ __forceinline__ cplx<R> shfl_up(cplx<R> x, int o, int w) {
+  return {shfl_up(x.re, o, w), shfl_up(x.im, o, w)};
 }
 
 // ---- gate math (mincore/kernels/gates.py), float and double overloads --------------------------
@@ -76,20 +77,34 @@ __device__ __forceinline__ double mx0(double x) { return fmax(x, 0.0); }
 __device__ __forceinline__ float l1p(float x) { return log1pf(x); }
 __device__ __forceinline__ double l1p(double x) { return log1p(x); }
 
+// 1 / (1 + e) for e in (0, 1]: the float division's IEEE slow path is a branch, and 1 + e in [1, 2]
+// is where __fdividef is within 2 ulp
+__device__ __forceinline__ float rcp1p(float e) { return __fdividef(1.f, 1.f + e); }
+__device__ __forceinline__ double rcp1p(double e) { return 1.0 / (1.0 + e); }
+
 // sigmoid(x) and sigmoid(-x) from one exp of a non-positive argument (no overflow either sign)
 template <class A> __device__ __forceinline__ void sig2(A x, A& s, A& sneg) {
-  A e = ex(-ab(x)), r = A(1) / (A(1) + e);
+  A e = ex(-ab(x)), r = rcp1p(e);
   s = x >= A(0) ? r : e * r;
   sneg = x >= A(0) ? e * r : r;
 }
 template <class A> __device__ __forceinline__ A softplus(A x) { return mx0(x) + l1p(ex(-ab(x))); }
+// v >= 0 decided on the bits for float: -0.0 counts (as in IEEE), a negative subnormal does not, even
+// where float comparisons flush denormals (an H100 run took v = -1e-45 as >= 0: g'(v) = 1, not 1/4)
+__device__ __forceinline__ bool nonneg(float v) {
+  const int b = __float_as_int(v);
+  return (b >= 0 && v == v) || b == static_cast<int>(0x80000000u);
+}
+__device__ __forceinline__ bool nonneg(double v) { return v >= 0.0; }
+
 // h~ = g(v) (log_space, appendix B: v + 0.5 for v >= 0, sigmoid(v) below) or v; dht = dh~/dv
 template <class A> __device__ __forceinline__ void htilde(A v, bool log_space, A& ht, A& dht) {
   if (!log_space) { ht = v; dht = A(1); return; }
   A s, sn;
   sig2(v, s, sn);
-  ht = v >= A(0) ? v + A(0.5) : s;
-  dht = v >= A(0) ? A(1) : s * sn;
+  const bool pos = nonneg(v);
+  ht = pos ? v + A(0.5) : s;
+  dht = pos ? A(1) : s * sn;
 }
 
 enum { LOG_SPACE = 1, NORMALIZE = 2 };
@@ -102,18 +117,28 @@ template <class S> struct Args {
   int D;
 };
 
-// ---- cells: load(g, i, ip, hb, e) fills e.a, e.b (and what emit needs);
+// ---- cells. fetch(g, i, ip, hb, r) only loads element i's inputs into r (Raw); prep(g, r, e) turns
+// them into e.a, e.b (and what emit needs). The kernel fetches all N steps of a tile before the first
+// prep: the gate math has branches (flags, slow paths), and a load after a branch is not hoisted
+// above it, which left one step's loads in flight per thread (36% of copy on an H100, SASS read).
 // emit(g, i, e, s_in, part) writes the outputs of element i and returns s_out = e.a * s_in + e.b.
 // i: flat index of (b, t, d); ip: index of h_{t-1} in x-arrays, or -1 meaning h0[hb] (hb = b*D + d);
 // part: the thread's running sum for reductions over (b, t) (lru dlam).
+template <class S, class V> __device__ __forceinline__ V ld_prev(const S* h, const S* h0, long long ip,
+                                                                 long long hb) {
+  return ld(ip >= 0 ? h : h0, ip >= 0 ? ip : hb);  // one load from a selected pointer: no branch
+}
 
 template <class S_, class V_> struct ScanFwd {  // x0 = a, x1 = b; y0 = h
   using S = S_; using V = V_;
   static constexpr bool HAS_PART = false;
   struct Step { V a, b; };
-  __device__ static void load(const Args<S>& g, long long i, long long, long long, Step& e) {
-    e.a = ld(g.x0, i); e.b = ld(g.x1, i);
+  __device__ static V b(const Step& e) { return e.b; }
+  using Raw = Step;
+  __device__ static void fetch(const Args<S>& g, long long i, long long, long long, Raw& r) {
+    r.a = ld(g.x0, i); r.b = ld(g.x1, i);
   }
+  __device__ static void prep(const Args<S>&, const Raw& r, Step& e) { e = r; }
   __device__ static V emit(const Args<S>& g, long long i, const Step& e, V s, V&) {
     V h = e.a * s + e.b;
     st(g.y0, i, h);
@@ -121,14 +146,18 @@ template <class S_, class V_> struct ScanFwd {  // x0 = a, x1 = b; y0 = h
   }
 };
 
+// Backward cells keep per step only a, dh and the factors c_k with output_k = G c_k: registers hold
+// N steps of them, and fewer registers let more blocks share an SM.
 template <class S_, class V_> struct ScanBwd {  // x0 = a, x1 = h, x2 = dh; y0 = da, y1 = db
   using S = S_; using V = V_;
   static constexpr bool HAS_PART = false;
-  struct Step { V a, b, dh, hp; };
-  __device__ static void load(const Args<S>& g, long long i, long long ip, long long hb, Step& e) {
-    e.a = ld(g.x0, i); e.dh = ld(g.x2, i); e.b = e.a * e.dh;
-    e.hp = ip >= 0 ? ld(g.x1, ip) : ld(g.h0, hb);
+  struct Step { V a, dh, hp; };
+  __device__ static V b(const Step& e) { return e.a * e.dh; }  // the adjoint scan: c = a (c' + dh)
+  using Raw = Step;
+  __device__ static void fetch(const Args<S>& g, long long i, long long ip, long long hb, Raw& r) {
+    r.a = ld(g.x0, i); r.dh = ld(g.x2, i); r.hp = ld_prev<S, V>(g.x1, g.h0, ip, hb);
   }
+  __device__ static void prep(const Args<S>&, const Raw& r, Step& e) { e = r; }
   __device__ static V emit(const Args<S>& g, long long i, const Step& e, V s, V&) {
     V G = e.dh + s;
     st(g.y0, i, G * e.hp); st(g.y1, i, G);
@@ -140,10 +169,15 @@ template <class S_, class V_> struct GruFwd {  // x0 = k, x1 = v; y0 = h
   using S = S_; using V = V_;
   static constexpr bool HAS_PART = false;
   struct Step { V a, b; };
-  __device__ static void load(const Args<S>& g, long long i, long long, long long, Step& e) {
+  __device__ static V b(const Step& e) { return e.b; }
+  struct Raw { V k, v; };
+  __device__ static void fetch(const Args<S>& g, long long i, long long, long long, Raw& r) {
+    r.k = ld(g.x0, i); r.v = ld(g.x1, i);
+  }
+  __device__ static void prep(const Args<S>& g, const Raw& r, Step& e) {
     V z, ht, dht;
-    sig2(ld(g.x0, i), z, e.a);
-    htilde(ld(g.x1, i), g.flags & LOG_SPACE, ht, dht);
+    sig2(r.k, z, e.a);
+    htilde(r.v, g.flags & LOG_SPACE, ht, dht);
     e.b = z * ht;
   }
   __device__ static V emit(const Args<S>& g, long long i, const Step& e, V s, V&) {
@@ -156,17 +190,21 @@ template <class S_, class V_> struct GruFwd {  // x0 = k, x1 = v; y0 = h
 template <class S_, class V_> struct GruBwd {  // x0 = k, x1 = v, x2 = h, x3 = dh; y0 = dk, y1 = dv
   using S = S_; using V = V_;
   static constexpr bool HAS_PART = false;
-  struct Step { V a, b, z, ht, dht, dh, hp; };
-  __device__ static void load(const Args<S>& g, long long i, long long ip, long long hb, Step& e) {
-    sig2(ld(g.x0, i), e.z, e.a);
-    htilde(ld(g.x1, i), g.flags & LOG_SPACE, e.ht, e.dht);
-    e.dh = ld(g.x3, i); e.b = e.a * e.dh;
-    e.hp = ip >= 0 ? ld(g.x2, ip) : ld(g.h0, hb);
+  struct Step { V a, dh, ck, cv; };
+  __device__ static V b(const Step& e) { return e.a * e.dh; }  // the adjoint scan: c = a (c' + dh)
+  struct Raw { V k, v, dh, hp; };
+  __device__ static void fetch(const Args<S>& g, long long i, long long ip, long long hb, Raw& r) {
+    r.k = ld(g.x0, i); r.v = ld(g.x1, i); r.dh = ld(g.x3, i); r.hp = ld_prev<S, V>(g.x2, g.h0, ip, hb);
+  }
+  __device__ static void prep(const Args<S>& g, const Raw& r, Step& e) {
+    V z, ht, dht;  // a = 1 - z, b = z h~; dz/dk = z (1 - z); da = G h_{t-1}, db = G
+    sig2(r.k, z, e.a);
+    htilde(r.v, g.flags & LOG_SPACE, ht, dht);
+    e.dh = r.dh; e.ck = (ht - r.hp) * z * e.a; e.cv = z * dht;
   }
   __device__ static V emit(const Args<S>& g, long long i, const Step& e, V s, V&) {
-    V G = e.dh + s;  // db = G, da = G h_{t-1}; a = 1 - z, b = z h~, dz/dk = z (1 - z)
-    st(g.y0, i, G * (e.ht - e.hp) * e.z * e.a);
-    st(g.y1, i, G * e.z * e.dht);
+    V G = e.dh + s;
+    st(g.y0, i, G * e.ck); st(g.y1, i, G * e.cv);
     return e.a * G;
   }
 };
@@ -184,10 +222,15 @@ template <class S_, class V_> struct LstmFwd {  // x0 = kf, x1 = ki, x2 = v; y0 
   using S = S_; using V = V_;
   static constexpr bool HAS_PART = false;
   struct Step { V a, b; };
-  __device__ static void load(const Args<S>& g, long long i, long long, long long, Step& e) {
+  __device__ static V b(const Step& e) { return e.b; }
+  struct Raw { V kf, ki, v; };
+  __device__ static void fetch(const Args<S>& g, long long i, long long, long long, Raw& r) {
+    r.kf = ld(g.x0, i); r.ki = ld(g.x1, i); r.v = ld(g.x2, i);
+  }
+  __device__ static void prep(const Args<S>& g, const Raw& r, Step& e) {
     V ig, f, fn, ii, in, ht, dht;
-    lstm_gates(ld(g.x0, i), ld(g.x1, i), g.flags, e.a, ig, f, fn, ii, in);
-    htilde(ld(g.x2, i), g.flags & LOG_SPACE, ht, dht);
+    lstm_gates(r.kf, r.ki, g.flags, e.a, ig, f, fn, ii, in);
+    htilde(r.v, g.flags & LOG_SPACE, ht, dht);
     e.b = ig * ht;
   }
   __device__ static V emit(const Args<S>& g, long long i, const Step& e, V s, V&) {
@@ -200,23 +243,28 @@ template <class S_, class V_> struct LstmFwd {  // x0 = kf, x1 = ki, x2 = v; y0 
 template <class S_, class V_> struct LstmBwd {  // x0..x4 = kf, ki, v, h, dh; y0..y2 = dkf, dki, dv
   using S = S_; using V = V_;
   static constexpr bool HAS_PART = false;
-  struct Step { V a, b, ig, fn, in, ht, dht, dh, hp; };
-  __device__ static void load(const Args<S>& g, long long i, long long ip, long long hb, Step& e) {
-    V f, ii;
-    lstm_gates(ld(g.x0, i), ld(g.x1, i), g.flags, e.a, e.ig, f, e.fn, ii, e.in);
-    htilde(ld(g.x2, i), g.flags & LOG_SPACE, e.ht, e.dht);
-    e.dh = ld(g.x4, i); e.b = e.a * e.dh;
-    e.hp = ip >= 0 ? ld(g.x3, ip) : ld(g.h0, hb);
+  struct Step { V a, dh, cf, ci, cv; };
+  __device__ static V b(const Step& e) { return e.a * e.dh; }  // the adjoint scan: c = a (c' + dh)
+  struct Raw { V kf, ki, v, dh, hp; };
+  __device__ static void fetch(const Args<S>& g, long long i, long long ip, long long hb, Raw& r) {
+    r.kf = ld(g.x0, i); r.ki = ld(g.x1, i); r.v = ld(g.x2, i); r.dh = ld(g.x4, i);
+    r.hp = ld_prev<S, V>(g.x3, g.h0, ip, hb);
+  }
+  __device__ static void prep(const Args<S>& g, const Raw& r, Step& e) {
+    V ig, f, fn, ii, in, ht, dht;  // da = G h_{t-1}, d(ig) = G h~
+    lstm_gates(r.kf, r.ki, g.flags, e.a, ig, f, fn, ii, in);
+    htilde(r.v, g.flags & LOG_SPACE, ht, dht);
+    if (g.flags & NORMALIZE) {  // d f'/d diff = -f' i', d i'/d diff = f' i': d diff = G f' i' (h~ - h_{t-1})
+      const V dd = e.a * ig * (ht - r.hp);
+      e.cf = -fn * dd; e.ci = in * dd;
+    } else {
+      e.cf = r.hp * e.a * fn; e.ci = ht * ig * in;
+    }
+    e.dh = r.dh; e.cv = ig * dht;
   }
   __device__ static V emit(const Args<S>& g, long long i, const Step& e, V s, V&) {
-    V G = e.dh + s, da = G * e.hp;
-    if (g.flags & NORMALIZE) {  // d f'/d diff = -f' i', d i'/d diff = f' i'
-      V dd = e.a * e.ig * (G * e.ht - da);
-      st(g.y0, i, -e.fn * dd); st(g.y1, i, e.in * dd);
-    } else {
-      st(g.y0, i, da * e.a * e.fn); st(g.y1, i, G * e.ht * e.ig * e.in);
-    }
-    st(g.y2, i, G * e.ig * e.dht);
+    V G = e.dh + s;
+    st(g.y0, i, G * e.cf); st(g.y1, i, G * e.ci); st(g.y2, i, G * e.cv);
     return e.a * G;
   }
 };
@@ -225,9 +273,12 @@ template <class S_> struct LruFwd {  // complex; x0 = lam (D,), x1 = bu; y0 = h
   using S = S_; using V = S_;
   static constexpr bool HAS_PART = false;
   struct Step { V a, b; };
-  __device__ static void load(const Args<S>& g, long long i, long long, long long hb, Step& e) {
-    e.a = g.x0[hb % g.D]; e.b = g.x1[i];
+  __device__ static V b(const Step& e) { return e.b; }
+  using Raw = Step;
+  __device__ static void fetch(const Args<S>& g, long long i, long long, long long hb, Raw& r) {
+    r.a = g.x0[hb % g.D]; r.b = g.x1[i];
   }
+  __device__ static void prep(const Args<S>&, const Raw& r, Step& e) { e = r; }
   __device__ static V emit(const Args<S>& g, long long i, const Step& e, V s, V&) {
     V h = e.a * s + e.b;
     g.y0[i] = h;
@@ -240,11 +291,13 @@ template <class S_> struct LruFwd {  // complex; x0 = lam (D,), x1 = bu; y0 = h
 template <class S_> struct LruBwd {  // x0 = lam, x1 = h, x2 = dh; y0 = dbu
   using S = S_; using V = S_;
   static constexpr bool HAS_PART = true;
-  struct Step { V a, b, dh, hp; };
-  __device__ static void load(const Args<S>& g, long long i, long long ip, long long hb, Step& e) {
-    e.a = conj(g.x0[hb % g.D]); e.dh = g.x2[i]; e.b = e.a * e.dh;
-    e.hp = conj(ip >= 0 ? g.x1[ip] : g.h0[hb]);
+  struct Step { V a, dh, hp; };
+  __device__ static V b(const Step& e) { return e.a * e.dh; }  // the adjoint scan: c = a (c' + dh)
+  using Raw = Step;
+  __device__ static void fetch(const Args<S>& g, long long i, long long ip, long long hb, Raw& r) {
+    r.a = g.x0[hb % g.D]; r.dh = g.x2[i]; r.hp = (ip >= 0 ? g.x1 : g.h0)[ip >= 0 ? ip : hb];
   }
+  __device__ static void prep(const Args<S>&, const Raw& r, Step& e) { e.a = conj(r.a); e.dh = r.dh; e.hp = conj(r.hp); }
   __device__ static V emit(const Args<S>& g, long long i, const Step& e, V s, V& part) {
     V G = e.dh + s;
     part = part + G * e.hp;

@@ -9,10 +9,10 @@
 // the same t: every load is a coalesced row piece of dpb*sizeof(S) bytes (dpb >= 8: full sectors).
 //
 // Per tile (the chunked-T scan, on chip):
-//   1. chunk totals: each thread loads its N steps into registers and composes (A, B) with
+//   1. chunk totals: each thread loads its N steps into registers (all loads first) and composes (A, B) with
 //      A = prod a, B = local scan from 0;
-//   2. carry scan over segments: one warp per channel scans the nseg pairs with shuffles
-//      (Hillis-Steele, log2(nseg) steps) and folds in the carry from the previous tile;
+//   2. carry scan over segments: groups of nseg lanes scan each channel's nseg pairs with shuffles
+//      (Hillis-Steele, log2(nseg) steps, one pass for the block) and fold in the previous tile's carry;
 //   3. apply: each thread rescans its N register-resident steps from its carry-in and writes.
 // Inputs are read once and outputs written once: minimal traffic. nseg == 1 is the plain
 // thread-per-channel recurrence (no shared memory, no barriers) used when B*D fills the device.
@@ -74,14 +74,35 @@ __global__ void __launch_bounds__(256) mc_scan(
   for (long long u0 = u_begin; u0 < u_end; u0 += (long long)nseg * N, buf ^= 1) {
     Step e[N];
     V A = vone<V>(), Bc = vzero<V>();
+    // Whole tiles (all but the last of a chunk) take a branch-free path that issues every load of
+    // the tile before any math (see "cells" in scan_common.cu): N loads per input in flight.
+    const bool whole = live && u0 + (long long)nseg * N <= u_end;
+    if (whole) {
+      typename Cell::Raw r[N];
 #pragma unroll
-    for (int j = 0; j < N; ++j) {  // 1. totals of this thread's N steps (all loads issued first)
-      const long long u = u0 + (long long)seg * N + j;
-      if (live && u < u_end) {
+      for (int j = 0; j < N; ++j) {  // 1. fetch this thread's N steps, then their totals
+        const long long u = u0 + (long long)seg * N + j;
         const long long t = rev ? T - 1 - u : u, i = ((long long)b * T + t) * D + d;
-        Cell::load(g, i, t > 0 ? i - D : -1, hb, e[j]);
-        Bc = e[j].a * Bc + e[j].b;
+        Cell::fetch(g, i, t > 0 ? i - D : -1, hb, r[j]);
+      }
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        Cell::prep(g, r[j], e[j]);
+        Bc = e[j].a * Bc + Cell::b(e[j]);
         A = e[j].a * A;
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        const long long u = u0 + (long long)seg * N + j;
+        if (live && u < u_end) {
+          const long long t = rev ? T - 1 - u : u, i = ((long long)b * T + t) * D + d;
+          typename Cell::Raw r;
+          Cell::fetch(g, i, t > 0 ? i - D : -1, hb, r);
+          Cell::prep(g, r, e[j]);
+          Bc = e[j].a * Bc + Cell::b(e[j]);
+          A = e[j].a * A;
+        }
       }
     }
     V s_in;
@@ -95,21 +116,22 @@ __global__ void __launch_bounds__(256) mc_scan(
       a_[seg * W + dl] = A;
       b_[seg * W + dl] = Bc;
       __syncthreads();
-      const int tid = seg * dpb + dl, lane = tid & 31, nwarp = (nseg * dpb) >> 5;
-      for (int dd = tid >> 5; dd < dpb; dd += nwarp) {
-        V xa = lane < nseg ? a_[lane * W + dd] : vone<V>();
-        V xb = lane < nseg ? b_[lane * W + dd] : vzero<V>();
-        for (int o = 1; o < nseg; o <<= 1) {  // inclusive, earlier segment on the right of *
-          const V pa = shfl_up(xa, o), pb = shfl_up(xb, o);
-          if (lane >= o) { xb = xa * pb + xb; xa = xa * pa; }
-        }
-        V ea = shfl_up(xa, 1), eb = shfl_up(xb, 1);  // exclusive prefix
-        if (lane == 0) { ea = vone<V>(); eb = vzero<V>(); }
-        const V cs = carS[dd], cp = carP[dd];
-        __syncwarp();
-        if (lane < nseg) { a_[lane * W + dd] = ea * cp; b_[lane * W + dd] = ea * cs + eb; }
-        if (lane == nseg - 1) { carS[dd] = xa * cs + xb; carP[dd] = xa * cp; }
+      // One pass: each warp scans 32/nseg channels at once, lanes [q*nseg, (q+1)*nseg) holding the
+      // segments of channel dd (shuffles of width nseg); the dpb*nseg/32 warps cover all dpb channels.
+      const int tid = seg * dpb + dl, lane = tid & 31, sg = lane & (nseg - 1);
+      const int dd = (tid >> 5) * (32 / nseg) + lane / nseg;
+      V xa = a_[sg * W + dd], xb = b_[sg * W + dd];
+      for (int o = 1; o < nseg; o <<= 1) {  // inclusive, earlier segment on the right of *
+        const V pa = shfl_up(xa, o, nseg), pb = shfl_up(xb, o, nseg);
+        if (sg >= o) { xb = xa * pb + xb; xa = xa * pa; }
       }
+      V ea = shfl_up(xa, 1, nseg), eb = shfl_up(xb, 1, nseg);  // exclusive prefix
+      if (sg == 0) { ea = vone<V>(); eb = vzero<V>(); }
+      const V cs = carS[dd], cp = carP[dd];
+      __syncwarp();
+      a_[sg * W + dd] = ea * cp;
+      b_[sg * W + dd] = ea * cs + eb;
+      if (sg == nseg - 1) { carS[dd] = xa * cs + xb; carP[dd] = xa * cp; }
       __syncthreads();
       s_in = b_[seg * W + dl];
     }
@@ -118,7 +140,7 @@ __global__ void __launch_bounds__(256) mc_scan(
 #pragma unroll
       for (int j = 0; j < N; ++j) {
         const long long u = u0 + (long long)seg * N + j;
-        if (live && u < u_end) {
+        if (whole || (live && u < u_end)) {
           const long long t = rev ? T - 1 - u : u, i = ((long long)b * T + t) * D + d;
           x = Cell::emit(g, i, e[j], x, acc);
         }
