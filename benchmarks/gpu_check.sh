@@ -46,12 +46,11 @@ BENCH_RC=${PIPESTATUS[0]}
 echo "bench exit code: $BENCH_RC"
 
 if [ "${QUICK:-0}" != 1 ]; then
-  echo "## plan sweep (cupy, fwd+bwd rows only): tune mincore/kernels/gpu_common.plan from this"
+  echo "## plan sweep (cupy; forward and backward may take different plans): tune mincore/kernels/gpu_common.plan from this"
   for shape in 8,65536,256 64,4096,256; do
-    for plan in dpb=8,nseg=32 dpb=16,nseg=16 dpb=32,nseg=8 dpb=16,nseg=8 dpb=32,nseg=4 dpb=32,nseg=1; do
-      echo "plan $plan"
+    for plan in dpb=8,nseg=32 dpb=16,nseg=16 dpb=32,nseg=8 dpb=64,nseg=4 dpb=128,nseg=2 dpb=128,nseg=1; do
       $PY -m mincore.bench_gpu --shape $shape --engine cupy --no-torch --repeats 20 --plan $plan,C=1 \
-        | grep "fwd+bwd"
+        | grep "| cupy"
     done
   done 2>&1 | tee "$OUT/gpu_plan_sweep.md"
 fi

@@ -72,15 +72,20 @@ def _row(engine, shape, dtype, pss, ms, nbytes):
             "ms": ms, "GB/s": VALUES[pss] * nbytes / (ms * 1e-3) / 1e9}
 
 
-def _plan_text(shape, dtype) -> str:
+def _plan_text(shape, dtype, pss) -> str:
+    """The cupy launch plan(s) of a row: forward and backward plans differ (gpu_common.plan)."""
     import cupy
 
     from .kernels import cupy_engine, gpu_common
 
     acc = gpu_common.acc_dtype(dtype)
     n_sm = cupy_engine._n_sm(cupy.cuda.Device().id)
-    p = gpu_common.plan(*shape, gpu_common.steps_per_thread(acc), n_sm, **cupy_engine._override)
-    return f"dpb={p.dpb} nseg={p.nseg} C={p.C}"
+    out = []
+    for cell in {"fwd": ("GruFwd",), "bwd": ("GruBwd",), "fwd+bwd": ("GruFwd", "GruBwd")}[pss]:
+        p = gpu_common.plan(*shape, gpu_common.steps_per_thread(acc, cell), n_sm,
+                            backward=gpu_common.CELLS[cell][2], **cupy_engine._override)
+        out.append(f"dpb={p.dpb} nseg={p.nseg} N={p.N} C={p.C}")
+    return " / ".join(out)
 
 
 def gpu_bench(shapes=SHAPES, engines=ENGINES, *, dtype="float32", repeats=50, log_space=True,
@@ -95,7 +100,7 @@ def gpu_bench(shapes=SHAPES, engines=ENGINES, *, dtype="float32", repeats=50, lo
         for r in here:
             r.update({"copy GB/s": copy_bw, "% of copy": 100 * r["GB/s"] / copy_bw, "device": dev,
                       "x torch": ref[r["pass"]] / r["ms"] if r["pass"] in ref else None,
-                      "plan": _plan_text(shape, dtype) if r["engine"] == "cupy" else ""})
+                      "plan": _plan_text(shape, dtype, r["pass"]) if r["engine"] == "cupy" else ""})
         rows += here
         cupy.get_default_memory_pool().free_all_blocks()
     return rows

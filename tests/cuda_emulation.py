@@ -110,8 +110,8 @@ def engine(dll, n_sm=0):
     """An engine module look-alike (dict of the interface functions) running the emulated kernels.
     n_sm = 0 gives the thread-per-channel plan; cupy_engine.set_plan_override forces the others."""
 
-    def kernels(cell, dtype_name):
-        return tuple(EmuKernel(dll, n) for n in cupy_engine.name_expressions(cell, dtype_name))
+    def kernels(cell, dtype_name, N):
+        return tuple(EmuKernel(dll, n) for n in cupy_engine.name_expressions(cell, dtype_name, N))
 
     def launch(*args):
         cupy_engine.run_cell(*args, xp=np, n_sm=n_sm, kernels=kernels)

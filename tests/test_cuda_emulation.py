@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from strategies import lru_inputs
 
-from mincore.kernels import cupy_engine
+from mincore.kernels import cupy_engine, gpu_common
 from mincore.kernels import reference as ref
 
 pytestmark = pytest.mark.skipif(ce.CXX is None, reason="no C++ compiler (g++/clang++) on PATH")
@@ -112,3 +112,17 @@ def test_engine_chosen_plans(emu, shape):
     _close(api["min_gru"](k, v, h0, False), h, np.float32)
     _close(api["min_gru_backward"](k, v, h, dh, h0, False),
            ref.min_gru_backward(k, v, h, dh, h0, False), np.float32)
+
+
+@pytest.mark.parametrize("shape, fwd, bwd", [
+    ((512, 64, 256), (128, 1, 16), (128, 1, 8)),
+    ((64, 512, 256), (64, 4, 16), (64, 4, 8)),
+    ((64, 4096, 256), (64, 4, 16), (64, 4, 8)),
+    ((8, 65536, 256), (8, 32, 8), (16, 16, 8)),
+])
+def test_plan_for_the_issue_shapes_on_an_h100(shape, fwd, bwd):
+    """The plans the rule in gpu_common's docstring gives (tuned by the H100 sweep in BENCHMARKS.md)."""
+    for cell, want in (("GruFwd", fwd), ("GruBwd", bwd)):
+        p = gpu_common.plan(*shape, gpu_common.steps_per_thread(np.dtype(np.float32), cell), 132,
+                            backward=gpu_common.CELLS[cell][2])
+        assert (p.dpb, p.nseg, p.N, p.C) == (*want, 1), (cell, p)

@@ -1,6 +1,7 @@
 """Engine "cupy": the CUDA C kernels of scan_common.cu / scan_kernels.cu, compiled by CuPy (NVRTC).
 
-One `cupy.RawModule` per (device, cell, dtype), compiled on first use and cached (CuPy also keeps
+One `cupy.RawModule` per (device, cell, dtype) holding a scan instance per steps-per-thread N the plan
+can pick, compiled on first use and cached (CuPy also keeps
 the compiled cubin in its on-disk cache, so a new process skips NVRTC). Launches go to the current
 CuPy stream and nothing here synchronises with the host: outputs are allocated from CuPy's
 stream-ordered pool, and the LRU dlam reduction is a CuPy reduction on the same stream.
@@ -39,12 +40,21 @@ def source() -> str:
     return "\n".join(parts)
 
 
-def name_expressions(cell: str, dtype) -> tuple[str, str]:
-    """(scan kernel, carry kernel) template instances for one cell and storage dtype."""
+def name_expressions(cell: str, dtype, N: int | None = None) -> tuple[str, str]:
+    """(scan kernel, carry kernel) template instances for one cell, storage dtype and steps per thread
+    (default: the most the cell takes, gpu_common.steps_per_thread)."""
     S, V = _CTYPE[np.dtype(dtype).name]
-    N = gpu_common.steps_per_thread(gpu_common.acc_dtype(dtype))
+    N = N or gpu_common.steps_per_thread(gpu_common.acc_dtype(dtype), cell)
     cell_t = f"{cell}<{S}>" if cell.startswith("Lru") else f"{cell}<{S}, {V}>"
     return f"mc_scan<{cell_t}, {N}>", f"mc_carry<{V}, {S}>"
+
+
+def _all_for(cell: str, dtype) -> list[str]:
+    """Every instance one (cell, dtype) may launch: a scan per N the plan can pick, and the carry."""
+    out = []
+    for n in gpu_common.steps_options(gpu_common.acc_dtype(dtype), cell):
+        out.extend(e for e in name_expressions(cell, dtype, n) if e not in out)
+    return out
 
 
 def all_name_expressions() -> list[str]:
@@ -52,18 +62,21 @@ def all_name_expressions() -> list[str]:
     out = []
     for cell in CELLS:
         for dt in (("complex64", "complex128") if cell.startswith("Lru") else DTYPES):
-            out.extend(e for e in name_expressions(cell, dt) if e not in out)
+            out.extend(e for e in _all_for(cell, dt) if e not in out)
     return out
 
 
 @functools.cache
-def _kernels(device_id: int, cell: str, dtype: str):
+def _module(device_id: int, cell: str, dtype: str):
     import cupy
 
-    names = name_expressions(cell, dtype)
     with cupy.cuda.Device(device_id):
-        mod = cupy.RawModule(code=source(), name_expressions=names)
-        return mod.get_function(names[0]), mod.get_function(names[1])
+        return cupy.RawModule(code=source(), name_expressions=_all_for(cell, dtype))
+
+
+def _kernels(device_id: int, cell: str, dtype: str, N: int):
+    mod = _module(device_id, cell, dtype)
+    return tuple(mod.get_function(n) for n in name_expressions(cell, dtype, N))
 
 
 @functools.cache
@@ -85,18 +98,19 @@ def launch(cell, xs, ys, h0, s0, yfin, part, shape, rev, flags):
 
     dev = cupy.cuda.Device().id
     run_cell(cell, xs, ys, h0, s0, yfin, part, shape, rev, flags, xp=cupy, n_sm=_n_sm(dev),
-             kernels=lambda c, dt: _kernels(dev, c, dt))
+             kernels=lambda c, dt, n: _kernels(dev, c, dt, n))
 
 
 def run_cell(cell, xs, ys, h0, s0, yfin, part, shape, rev, flags, *, xp, n_sm, kernels):
-    """The launch sequence, independent of where the kernels come from: `kernels(cell, dtype_name)`
+    """The launch sequence, independent of where the kernels come from: `kernels(cell, dtype_name, N)`
     returns (scan, carry) callables with CuPy's RawKernel signature k(grid, block, args, shared_mem=)
     (the host emulation in tests/cuda_emulation.py passes NumPy arrays and its own callables)."""
     B, T, D = shape
     dtype = ys[0].dtype
     acc = gpu_common.acc_dtype(dtype)
-    p = gpu_common.plan(B, T, D, gpu_common.steps_per_thread(acc), n_sm, **_override)
-    scan_k, carry_k = kernels(cell, dtype.name)
+    p = gpu_common.plan(B, T, D, gpu_common.steps_per_thread(acc, cell), n_sm,
+                        backward=CELLS[cell][2], **_override)
+    scan_k, carry_k = kernels(cell, dtype.name, p.N)
     dummy_v = xp.empty(1, dtype=acc)
     x = list(xs) + [xs[0]] * (5 - len(xs))
     y = list(ys) + [ys[0]] * (3 - len(ys))

@@ -6,17 +6,23 @@ segments walks T in tiles of nseg*N steps; each tile is scanned as chunk totals 
 the segments -> apply, so inputs are read once. With C > 1 global chunks the work is split further
 across blocks along T (totals pass, carry pass, apply pass; inputs read twice).
 
-Plan rule (`plan`), with `want` = threads that keep the memory system busy (1024 per SM):
-  - nseg = 1 (thread per channel, the plain recurrence, no barriers) when B*D > want/2, otherwise
-    doubled up to 32 while B*D*nseg stays <= want/2 and the tile (nseg*N steps) fits in T/2;
-  - dpb = min(128, next power of two >= D) when nseg = 1 (blocks of up to 128 channels), else
-    min(32, ...): one warp-row of 32 consecutive channels when D allows;
-  - when nseg > 1: blocks are capped at 256 threads (dpb shrinks, to no less than 8, for nseg = 32),
-    and dpb*nseg is a multiple of 32 (whole warps scan the segment totals with shuffles);
+Plan rule (`plan`), with `want` = threads the device holds (1024 per SM, register-limited to about
+that by 48-80 registers a thread), tuned on an H100 (docs/BENCHMARKS.md has the sweep):
+  - nseg = 1 (thread per channel, the plain recurrence, no barriers) when B*D > want/4, otherwise
+    doubled while B*D*nseg stays <= want/2 and the tile (nseg*N steps) fits in T/2, up to 32
+    segments forward and 16 backward (at (8, 65536, 256) the backward ran 1.61 ms with 16 segments
+    of 16 channels against 2.02 ms with 32 of 8, the forward 0.80-0.86 ms against 1.16-1.21);
+  - N (steps per thread) is the cell's most (16 forward, 8 backward for 4-byte values), except 8
+    for a forward with 32 segments (0.86 ms against 1.03 ms at (8, 65536, 256));
+  - dpb = min(128, next power of two >= D) when nseg = 1, else 256 // nseg: 256-thread blocks with the
+    widest rows a warp can load (64 channels x 4 segments beat 32 x 8 at (64, 4096, 256): 1.05 ms
+    against 1.09 ms forward+backward); dpb*nseg is a multiple of 32 (lane groups of nseg scan the
+    segment totals with shuffles);
   - C > 1 only when even that leaves fewer than want/8 threads (B*D below ~500 channels on an H100)
     and T is long: C = the power of two bringing threads to want/2, each chunk >= 8 tiles long.
-  The shapes of the issue on an H100 (132 SMs): (512, 64, 256) -> nseg 1, dpb 128; (64, 512, 256) and
-  (64, 4096, 256) -> nseg 8, dpb 32; (8, 65536, 256) -> nseg 32, dpb 8 (65k threads, single pass).
+  The shapes of the issue on an H100 (132 SMs), forward / backward: (512, 64, 256) -> nseg 1, dpb 128;
+  (64, 512, 256) and (64, 4096, 256) -> nseg 4, dpb 64; (8, 65536, 256) -> nseg 32, dpb 8, N 8 /
+  nseg 16, dpb 16 (single pass, no global chunks).
 """
 
 from __future__ import annotations
@@ -41,9 +47,19 @@ def acc_dtype(dtype) -> np.dtype:
     return ACC.get(np.dtype(dtype), np.dtype(dtype))
 
 
-def steps_per_thread(acc) -> int:
-    """N: register-resident steps per thread per tile (loads in flight); fewer for 8/16-byte values."""
-    return 8 if np.dtype(acc).itemsize == 4 else 4
+def steps_per_thread(acc, cell: str) -> int:
+    """N: register-resident steps per thread per tile, i.e. loads in flight per input (the most a cell
+    takes; `plan` may pick fewer). Forward cells keep 2 values a step (64 registers at N = 16) and
+    backward cells 3-5 (64-80 registers at N = 8); 8/16-byte values get 4."""
+    if np.dtype(acc).itemsize != 4:
+        return 4
+    return 8 if CELLS[cell][2] else 16
+
+
+def steps_options(acc, cell: str) -> tuple[int, ...]:
+    """Every N `plan` can pick for a cell (the CUDA C engine compiles one kernel instance each)."""
+    n = steps_per_thread(acc, cell)
+    return (n, 8) if n > 8 else (n,)
 
 
 @dataclass(frozen=True)
@@ -68,17 +84,20 @@ def _pow2ceil(n):
     return 1 << max(0, int(n - 1).bit_length())
 
 
-def plan(B, T, D, N, n_sm, *, dpb=None, nseg=None, C=None) -> Plan:
+def plan(B, T, D, N, n_sm, *, backward=False, dpb=None, nseg=None, C=None) -> Plan:
     """The launch plan for (B, T, D) (see the module docstring); keyword overrides force a path
     (tests use them to run the segmented and chunked paths on small shapes)."""
     want = 1024 * n_sm
     auto_dpb = dpb is None
     if nseg is None:
         nseg = 1
-        while 2 * B * D * nseg <= want and nseg < 32 and 2 * nseg * N <= T:
+        while 4 * B * D * nseg <= want and nseg < (16 if backward else 32) and 2 * nseg * N <= T:
             nseg *= 2
-    # thread per channel: 128-thread blocks (a 32-thread block would cap an SM at 32 warps)
-    dpb = dpb or min(128 if nseg == 1 else 32, _pow2ceil(D))
+    if not backward and nseg >= 32 and N > 8:
+        N = 8  # 32 segments of 8 steps beat 32 of 16 and 16 of 16 at (8, 65536, 256) on an H100
+    # thread per channel: 128-thread blocks (a 32-thread block would cap an SM at 32 warps);
+    # segments: 256-thread blocks, as many channels as fit (the widest rows per warp load)
+    dpb = dpb or min(128 if nseg == 1 else 256 // nseg, _pow2ceil(D))
     if nseg > 1:
         nseg = max(nseg, 32 // dpb)
         while auto_dpb and dpb * nseg > 256 and dpb > 8:
