@@ -61,8 +61,12 @@ template <class R> __device__ __forceinline__ void st(cplx<R>* p, long long i, c
 
 // warp shuffles for the intra-block carry scan (complex: two shuffles)
 // (width w: lanes shuffle within aligned groups of w, a power of two <= 32)
-__device__ __forceinline__ float shfl_up(float x, int o, int w) { return __shfl_up_sync(0xffffffffu, x, o, w); }
-__device__ __forceinline__ double shfl_up(double x, int o, int w) { return __shfl_up_sync(0xffffffffu, x, o, w); }
+__device__ __forceinline__ float shfl_up(float x, int o, int w) {
+  return __shfl_up_sync(0xffffffffu, x, o, w);
+}
+__device__ __forceinline__ double shfl_up(double x, int o, int w) {
+  return __shfl_up_sync(0xffffffffu, x, o, w);
+}
 template <class R> __device__ __forceinline__ cplx<R> shfl_up(cplx<R> x, int o, int w) {
   return {shfl_up(x.re, o, w), shfl_up(x.im, o, w)};
 }
@@ -297,7 +301,9 @@ template <class S_> struct LruBwd {  // x0 = lam, x1 = h, x2 = dh; y0 = dbu
   __device__ static void fetch(const Args<S>& g, long long i, long long ip, long long hb, Raw& r) {
     r.a = g.x0[hb % g.D]; r.dh = g.x2[i]; r.hp = (ip >= 0 ? g.x1 : g.h0)[ip >= 0 ? ip : hb];
   }
-  __device__ static void prep(const Args<S>&, const Raw& r, Step& e) { e.a = conj(r.a); e.dh = r.dh; e.hp = conj(r.hp); }
+  __device__ static void prep(const Args<S>&, const Raw& r, Step& e) {
+    e.a = conj(r.a); e.dh = r.dh; e.hp = conj(r.hp);
+  }
   __device__ static V emit(const Args<S>& g, long long i, const Step& e, V s, V& part) {
     V G = e.dh + s;
     part = part + G * e.hp;

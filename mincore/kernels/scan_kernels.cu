@@ -9,22 +9,23 @@
 // the same t: every load is a coalesced row piece of dpb*sizeof(S) bytes (dpb >= 8: full sectors).
 //
 // Per tile (the chunked-T scan, on chip):
-//   1. chunk totals: each thread loads its N steps into registers (all loads first) and composes (A, B) with
-//      A = prod a, B = local scan from 0;
+//   1. chunk totals: each thread loads its N steps into registers (all loads first) and composes
+//      (A, B) with A = prod a, B = local scan from 0;
 //   2. carry scan over segments: groups of nseg lanes scan each channel's nseg pairs with shuffles
 //      (Hillis-Steele, log2(nseg) steps, one pass for the block) and fold in the previous tile's carry;
 //   3. apply: each thread rescans its N register-resident steps from its carry-in and writes.
 // Inputs are read once and outputs written once: minimal traffic. nseg == 1 is the plain
 // thread-per-channel recurrence (no shared memory, no barriers) used when B*D fills the device.
 //
-// Napkin math (H100 SXM, ~3.35 TB/s HBM3; 132 SMs): min_gru fwd at (8, 65536, 256) float32 moves
-// 3 * 134M * 4 B = 1.6 GB -> ~0.48 ms at copy speed. B*D = 2048 channels is 1.5% of the 135k
-// threads the device holds, so time is split into nseg = 32 segments (65k threads, N = 8 loads
-// per input in flight each: 65k * 8 * 8 B = 4 MB in flight, above the ~2.5 MB latency x bandwidth
-// product). The shuffle scan costs ~5 * 2 shuffles per tile per warp, against 32*8*dpb loads.
-// Backward moves 6 values per element (2x the forward), so fwd+bwd at copy speed is ~1.45 ms and
-// the 75%-of-copy target is <= 1.9 ms. Unmeasured risk: dpb = 8 means 32-byte row pieces; if DRAM
-// fetches 64 B, dpb = 16 (nseg = 16) is the fallback (benchmarks/gpu_check.sh sweeps both).
+// Napkin math (H100 80GB HBM3: 2.9 TB/s measured device copy; 132 SMs): min_gru fwd at
+// (8, 65536, 256) float32 moves 3 * 134M * 4 B = 1.6 GB -> 0.55 ms at copy speed; backward moves 6
+// values per element, so fwd+bwd at copy speed is 1.64 ms. B*D = 2048 channels is 1.5% of the 135k
+// threads the device holds, so T is split into 32 segments (65k threads, N = 8 loads per input in
+// flight each: 65k * 8 * 8 B = 4 MB, above the ~2-3 MB latency x bandwidth product, IF the loads
+// really are all in flight: with the gate math between them they were not, see "cells" in
+// scan_common.cu). Measured (docs/BENCHMARKS.md): fwd 0.84 ms, bwd (16 segments) 1.62 ms, 67% of
+// copy; at (64, 4096, 256) (16k channels, 4 segments) 81%. The segment scan is ~2 log2(nseg)
+// shuffles per tile per lane group, against nseg*N*dpb loads per block.
 //
 // Global chunks (gridDim.z = C > 1, only for very small B*D): MODE_TOTALS writes each chunk's
 // (A, B) to cA/cB, mc_carry scans them per channel (carry-in into cB), MODE_APPLY rescans each
