@@ -78,12 +78,10 @@ def _plan_text(shape, dtype, pss) -> str:
 
     from .kernels import cupy_engine, gpu_common
 
-    acc = gpu_common.acc_dtype(dtype)
     n_sm = cupy_engine._n_sm(cupy.cuda.Device().id)
     out = []
     for cell in {"fwd": ("GruFwd",), "bwd": ("GruBwd",), "fwd+bwd": ("GruFwd", "GruBwd")}[pss]:
-        p = gpu_common.plan(*shape, gpu_common.steps_per_thread(acc, cell), n_sm,
-                            backward=gpu_common.CELLS[cell][2], **cupy_engine._override)
+        p = gpu_common.cell_plan(cell, shape, dtype, n_sm, **cupy_engine._override)
         out.append(f"dpb={p.dpb} nseg={p.nseg} N={p.N} C={p.C}")
     return " / ".join(out)
 

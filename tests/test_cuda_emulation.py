@@ -123,6 +123,5 @@ def test_engine_chosen_plans(emu, shape):
 def test_plan_for_the_issue_shapes_on_an_h100(shape, fwd, bwd):
     """The plans the rule in gpu_common's docstring gives (tuned by the H100 sweep in BENCHMARKS.md)."""
     for cell, want in (("GruFwd", fwd), ("GruBwd", bwd)):
-        p = gpu_common.plan(*shape, gpu_common.steps_per_thread(np.dtype(np.float32), cell), 132,
-                            backward=gpu_common.CELLS[cell][2])
+        p = gpu_common.cell_plan(cell, shape, np.float32, 132)
         assert (p.dpb, p.nseg, p.N, p.C) == (*want, 1), (cell, p)

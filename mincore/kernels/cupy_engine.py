@@ -108,8 +108,7 @@ def run_cell(cell, xs, ys, h0, s0, yfin, part, shape, rev, flags, *, xp, n_sm, k
     B, T, D = shape
     dtype = ys[0].dtype
     acc = gpu_common.acc_dtype(dtype)
-    p = gpu_common.plan(B, T, D, gpu_common.steps_per_thread(acc, cell), n_sm,
-                        backward=CELLS[cell][2], **_override)
+    p = gpu_common.cell_plan(cell, shape, dtype, n_sm, **_override)
     scan_k, carry_k = kernels(cell, dtype.name, p.N)
     dummy_v = xp.empty(1, dtype=acc)
     x = list(xs) + [xs[0]] * (5 - len(xs))

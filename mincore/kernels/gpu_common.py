@@ -114,6 +114,11 @@ def plan(B, T, D, N, n_sm, *, backward=False, dpb=None, nseg=None, C=None) -> Pl
     return Plan(dpb, nseg, C, L, N)
 
 
+def cell_plan(cell: str, shape, dtype, n_sm, **override) -> Plan:
+    """`plan` for one cell on (B, T, D) of a storage dtype: N and the backward rule follow the cell."""
+    return plan(*shape, steps_per_thread(acc_dtype(dtype), cell), n_sm, backward=CELLS[cell][2], **override)
+
+
 def make_api(launch, xp_of):
     """The engine interface over `launch(cell, xs, ys, h0, s0, yfin, part, shape, rev, flags)`,
     which runs one cell (see CELLS) writing ys (and yfin, the final state, and part, the per-thread

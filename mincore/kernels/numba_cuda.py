@@ -159,8 +159,7 @@ def launch(cell, xs, ys, h0, s0, yfin, part, shape, rev, flags):
     B, T, D = shape
     xp = get_array_module(ys[0])
     acc = gpu_common.acc_dtype(ys[0].dtype)
-    p = gpu_common.plan(B, T, D, gpu_common.steps_per_thread(acc, cell), _n_sm(),
-                        backward=gpu_common.CELLS[cell][2], **_override)
+    p = gpu_common.cell_plan(cell, shape, ys[0].dtype, _n_sm(), **_override)
     if p.nseg > _max_segments(acc.itemsize):  # correct for any nseg: the last tile may be partial
         p = dataclasses.replace(p, nseg=_max_segments(acc.itemsize))
     if p.nseg > 1 and p.dpb > MAXW - 1 and "dpb" not in _override:  # the shared tiles' width
