@@ -8,7 +8,10 @@
     optim                             optim.py: Adam, AdamW, clip_grad_norm, schedules
     save_checkpoint, load_checkpoint  checkpoint.py: atomic HDF5 checkpoints
 
-Imports only mincore.backend (and numpy, h5py): the recurrent primitives live in mincore.layers.
+Imports mincore.backend, and mincore.kernels only inside `gelu` (the fused numba GELU; `import
+mincore.autograd` does not load numba), besides numpy and h5py. Never mincore.cells: the recurrent
+primitives that need it live in mincore.layers. The rule and why: docs/ARCHITECTURE.md, Layers
+(checked by tests/test_layering.py).
 """
 
 from . import functional, nn, ops, optim

@@ -2,6 +2,9 @@
 
 Each VJP reuses what the forward computed (the output for exp/tanh/sigmoid) and keeps the input dtype
 (Python-float constants only). All are re-exported by mincore.autograd.ops.
+
+`gelu` is the one place where mincore.autograd calls mincore.kernels (the fused numba GELU), imported
+inside the function: the layer rule (docs/ARCHITECTURE.md) allows autograd -> kernels only lazily.
 """
 
 from __future__ import annotations
@@ -60,8 +63,9 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 def gelu(a):
     """GELU, tanh form (Hendrycks & Gimpel 2016; as in GPT-2): 0.5 x (1 + tanh(c (x + 0.044715 x^3))).
 
-    Contiguous NumPy input takes the fused numba kernels (mincore.kernels.numba_act: one pass each way,
-    ~30x faster); this NumPy/CuPy formula is their oracle and the path for everything else.
+    Contiguous NumPy float32/float64 input takes the fused numba kernels (mincore.kernels.numba_act:
+    one pass each way, ~30x faster); `gelu_reference`, the array formula, is their oracle and the
+    path for everything else (CuPy, strided views, other dtypes).
     """
     x = a.data
     if type(x) is np.ndarray and x.dtype in (np.float32, np.float64) and x.flags.c_contiguous:

@@ -1,18 +1,23 @@
-"""The layer order of DESIGN.md, checked on the source: every module imports only its own layer or
-layers to its left,
+"""The layer graph of docs/ARCHITECTURE.md, checked on the source.
 
-    backend (checks) -> kernels -> cells -> autograd -> layers -> models -> tasks -> cli
+The layers form a DAG, not a line: each layer names the layers it may import directly (DEPENDS), and
+may import everything those reach. Anything else is an upward import (kernels -> cells) or a
+sideways one (autograd -> cells, bench -> autograd), and fails here. Imports are read with ast,
+lazy ones inside functions included, with folders mapped to import names as pyproject.toml does
+(autograd/ -> mincore.autograd, ...).
 
-by parsing every import (lazy ones inside functions included) with ast. Folders map to their import
-names as pyproject.toml does (autograd/ -> mincore.autograd, ...). A module not named in LAYERS (a new
-helper file) takes the highest layer it imports, so it can be added freely but cannot smuggle an
-upward import through itself; the package `mincore` itself (its __init__) is ranked the same way.
-Also: code imports `mincore.autograd`, never a top-level `autograd` / `tasks` / `cli` (DESIGN.md).
+An edge in LAZY may only be used inside a function: `mincore.autograd` calls the fused numba
+activations of `mincore.kernels` (ARCHITECTURE.md says why), but `import mincore.autograd` must not
+load numba. A module not named in LAYERS (a new helper file) may import anything, but a module that
+imports it is checked against everything it reaches, so no upward import is smuggled through it.
+Also: code imports `mincore.autograd`, never a top-level `autograd` / `tasks` / `cli`.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,17 +25,60 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"mincore": "mincore", "autograd": "mincore.autograd", "tasks": "mincore.tasks",
            "cli": "mincore.cli"}
-LAYERS = {  # module-name prefix -> rank; the longest matching prefix wins
-    "mincore.backend": 0, "mincore.checks": 0,
-    "mincore.kernels": 1,
-    "mincore.cells": 2,
-    "mincore.autograd": 3,
-    "mincore.layers": 4,
-    "mincore.models": 5,
-    "mincore.tasks": 6,
-    "mincore.cli": 7,
+LAYERS = {  # module name (or package prefix) -> layer; the longest match wins; "mincore" is exact
+    "mincore.backend": "backend",
+    "mincore.checks": "checks",
+    "mincore.kernels": "kernels",
+    "mincore.cells": "cells",
+    "mincore": "api",  # mincore/__init__.py: the public array API (re-exports cells and backend)
+    "mincore.bench": "bench", "mincore.bench_gpu": "bench",
+    "mincore.torch": "adapters", "mincore.jax": "adapters",
+    "mincore.autograd": "autograd",
+    "mincore.layers": "layers",
+    "mincore.models": "models",
+    "mincore.tasks": "tasks",
+    "mincore.cli": "cli",
 }
-NAMES = {r: n for n, r in sorted(LAYERS.items(), key=lambda kv: -kv[1])}
+DEPENDS = {  # layer -> the layers it may import directly (and, through them, what they reach)
+    "backend": set(),
+    "checks": {"backend"},
+    "kernels": {"backend"},
+    "cells": {"kernels", "checks"},
+    "api": {"cells"},
+    "bench": {"api"},
+    "adapters": {"api"},
+    "autograd": {"backend", "kernels"},
+    "layers": {"api", "autograd"},
+    "models": {"layers"},
+    "tasks": {"models"},
+    "cli": {"tasks", "bench"},
+}
+LAZY = {("autograd", "kernels")}  # (layer, layer) edges allowed only inside a function
+
+
+def layer_of(name: str) -> str | None:
+    """The layer of a module name, by its longest declared prefix; None for an undeclared module."""
+    best = None
+    for prefix, layer in LAYERS.items():
+        hit = name == prefix or (prefix != "mincore" and name.startswith(prefix + "."))
+        if hit and (best is None or len(prefix) > len(best[0])):
+            best = (prefix, layer)
+    return None if best is None else best[1]
+
+
+def reachable(layer: str, lazy_ok: bool) -> set[str]:
+    """The layers `layer` may import: itself and the closure of its DEPENDS edges (LAZY edges only
+    when lazy_ok)."""
+    seen, todo = {layer}, [layer]
+    while todo:
+        here = todo.pop()
+        for nxt in DEPENDS[here]:
+            if (here, nxt) in LAZY and not lazy_ok:
+                continue
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
 
 
 def module_files() -> dict[str, tuple[Path, bool]]:
@@ -45,31 +93,41 @@ def module_files() -> dict[str, tuple[Path, bool]]:
     return out
 
 
-def imports_of(name: str, path: Path, is_pkg: bool, known) -> set[str]:
-    """Absolute names of the mincore modules that `name` imports (relative imports resolved)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+def _module_level_imports(tree: ast.Module) -> set[int]:
+    """ids of the import nodes that run when the module is imported (not inside a function)."""
+    top, todo = set(), list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            top.add(id(node))
+        todo.extend(ast.iter_child_nodes(node))
+    return top
+
+
+def imports_of(name: str, path: Path, is_pkg: bool, known) -> dict[str, bool]:
+    """mincore (or top-level autograd/tasks/cli) modules that `name` imports -> True when one of the
+    imports runs at module level, False when all are inside functions. Relative imports resolved."""
+    tree = ast.parse(path.read_text(), str(path))
+    top = _module_level_imports(tree)
+    found: dict[str, bool] = {}
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
+            names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 pkg = name.split(".") if is_pkg else name.split(".")[:-1]
                 base = ".".join(pkg[: len(pkg) - node.level + 1] + ([node.module] if node.module else []))
             else:
                 base = node.module
-            subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known]
-            found.update(subs or [base])
-    return {m for m in found if m == "mincore" or m.startswith("mincore.")} | \
-        {m for m in found if m.split(".")[0] in ("autograd", "tasks", "cli")}
-
-
-def declared_rank(name: str) -> int | None:
-    best = None
-    for prefix, rank in LAYERS.items():
-        if name == prefix or name.startswith(prefix + "."):
-            if best is None or len(prefix) > len(best[0]):
-                best = (prefix, rank)
-    return None if best is None else best[1]
+            names = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known] or [base]
+        else:
+            continue
+        for m in names:
+            if m == "mincore" or m.startswith("mincore.") or m.split(".")[0] in ("autograd", "tasks", "cli"):
+                found[m] = found.get(m, False) or id(node) in top
+    return found
 
 
 def graph():
@@ -77,37 +135,40 @@ def graph():
     return {n: imports_of(n, p, pkg, files) for n, (p, pkg) in files.items()}
 
 
-def ranks(deps) -> dict[str, int]:
-    """Declared ranks, and for undeclared modules the highest rank they import (to a fixpoint)."""
-    rank = {n: declared_rank(n) for n in deps}
-    for _ in range(len(deps) + 1):
-        changed = False
-        for n, ds in deps.items():
-            if declared_rank(n) is None:
-                new = max([rank.get(d) or 0 for d in ds] + [0])
-                changed |= rank[n] != new
-                rank[n] = new
-        if not changed:
-            break
-    return rank
+def effective(deps, name: str, eager_only: bool) -> dict[str, str]:
+    """The declared modules `name` depends on -> through which import, with undeclared modules
+    replaced by what they import (transitively). eager_only: follow module-level imports only."""
+    out, seen, todo = {}, {name}, [(d, d) for d, eager in deps[name].items() if eager or not eager_only]
+    while todo:
+        mod, via = todo.pop()
+        if layer_of(mod) is not None:
+            out.setdefault(mod, via)
+        elif mod in deps and mod not in seen:
+            seen.add(mod)
+            todo += [(d, via) for d, eager in deps[mod].items() if eager or not eager_only]
+    return out
 
 
 def violations(deps) -> list[str]:
-    rank = ranks(deps)
     bad = []
-    for n, ds in sorted(deps.items()):
-        if declared_rank(n) is None:
-            continue  # undeclared modules are ranked by their imports: they cannot violate
-        for d in sorted(ds):
-            r = rank.get(d, declared_rank(d))
-            if r is not None and r > rank[n]:
-                bad.append(f"{n} ({NAMES[rank[n]]}) imports {d} ({NAMES[r]}), a higher layer")
+    for name in sorted(deps):
+        layer = layer_of(name)
+        if layer is None:
+            continue  # undeclared: checked through every declared module that imports it
+        eager = effective(deps, name, eager_only=True)
+        for mod, via in sorted(effective(deps, name, eager_only=False).items()):
+            if layer_of(mod) in reachable(layer, lazy_ok=mod not in eager):
+                continue
+            how = "" if via == mod else f" (through {eager.get(mod, via)})"
+            when = "at module level" if mod in eager else "inside a function"
+            bad.append(f"{name} ({layer}) imports {mod} ({layer_of(mod)}){how} {when}")
     return bad
 
 
-def test_every_import_points_down_or_sideways():
+def test_every_import_follows_the_layer_graph():
     bad = violations(graph())
-    assert not bad, "upward imports (DESIGN.md layer order):\n" + "\n".join(bad)
+    assert not bad, ("imports outside the layer graph (docs/ARCHITECTURE.md, Layers; "
+                     "tests/test_layering.py DEPENDS):\n" + "\n".join(bad))
 
 
 def test_no_top_level_autograd_tasks_cli_imports():
@@ -116,21 +177,56 @@ def test_no_top_level_autograd_tasks_cli_imports():
     assert not bad, "import mincore.autograd / mincore.tasks / mincore.cli instead:\n" + "\n".join(bad)
 
 
+def test_every_layer_is_declared():
+    assert set(LAYERS.values()) == set(DEPENDS), set(LAYERS.values()) ^ set(DEPENDS)
+    assert all(d in DEPENDS for ds in DEPENDS.values() for d in ds)
+    assert all(a in DEPENDS and b in DEPENDS[a] for a, b in LAZY)
+
+
 def test_the_checker_sees_the_tree():
-    """Guards the test itself: the known modules are found and a planted violation is caught."""
+    """Guards the test itself: the known modules and edges are found, and planted violations of each
+    kind (upward, sideways, an eager use of a lazy edge, one smuggled through an undeclared module)
+    are caught."""
     deps = graph()
-    assert {"mincore.backend", "mincore.cells", "mincore.kernels.reference"} <= set(deps)
-    assert "mincore.backend" in deps["mincore.kernels.reference"] or \
-        "mincore.kernels.gates" in deps["mincore.kernels.reference"]
-    planted = {"mincore.kernels.fake": {"mincore.cells"},  # kernels -> cells: upward
-               "mincore.helper": {"mincore.layers"},  # undeclared, so ranked as layers ...
-               "mincore.cells": deps["mincore.cells"] | {"mincore.helper"}}  # ... cells may not use it
+    assert {"mincore", "mincore.backend", "mincore.cells", "mincore.kernels.reference"} <= set(deps)
+    assert deps["mincore.autograd.elementwise"].get("mincore.kernels.numba_act") is False  # lazy
+    assert deps["mincore.cells"].get("mincore.backend") is True
+    planted = {
+        "mincore.kernels.fake": {"mincore.cells": True},  # upward
+        "mincore.autograd.fake": {"mincore.cells": False},  # sideways, even inside a function
+        "mincore.bench_fake": {"mincore.autograd.nn": True},  # undeclared, so it may ...
+        "mincore.bench": {**deps["mincore.bench"], "mincore.bench_fake": True},  # ... but bench may not
+        "mincore.autograd.eager": {"mincore.kernels.numba_act": True},  # lazy edge used eagerly
+    }
     bad = violations({**deps, **planted})
-    assert any(b.startswith("mincore.kernels.fake") for b in bad), bad
-    assert any(b.startswith("mincore.cells (") and "mincore.helper" in b for b in bad), bad
+    for who, what in [("mincore.kernels.fake", "mincore.cells (cells)"),
+                      ("mincore.autograd.fake", "mincore.cells (cells)"),
+                      ("mincore.bench (bench)", "mincore.autograd.nn (autograd) (through mincore.bench_fake)"),
+                      ("mincore.autograd.eager", "mincore.kernels.numba_act (kernels) at module level")]:
+        assert any(b.startswith(who) and what in b for b in bad), (who, bad)
+    assert len(bad) == 4, bad
 
 
-@pytest.mark.parametrize("name,rank", [("mincore.checks", 0), ("mincore.kernels.logspace", 1),
-                                       ("mincore.autograd.tensor", 3), ("mincore.cli.main", 7)])
-def test_declared_ranks(name, rank):
-    assert declared_rank(name) == rank
+@pytest.mark.parametrize("name,layer", [
+    ("mincore", "api"), ("mincore.checks", "checks"), ("mincore.kernels.logspace", "kernels"),
+    ("mincore.bench_gpu", "bench"), ("mincore.autograd.tensor", "autograd"), ("mincore.cli.main", "cli"),
+    ("mincore.backendish", None)])
+def test_layer_of(name, layer):
+    assert layer_of(name) == layer
+
+
+@pytest.mark.parametrize("upper,lower,ok", [
+    ("cli", "bench", True), ("tasks", "bench", False), ("layers", "kernels", True),
+    ("autograd", "cells", False), ("cells", "autograd", False), ("kernels", "checks", False),
+    ("bench", "autograd", False), ("adapters", "autograd", False), ("models", "tasks", False)])
+def test_reachable(upper, lower, ok):
+    assert (lower in reachable(upper, lazy_ok=True)) is ok
+
+
+def test_importing_mincore_loads_no_engine_or_framework():
+    """`import mincore` and `import mincore.autograd` load neither numba (engines load on first use)
+    nor torch, cupy or jax (optional extras)."""
+    code = ("import sys, mincore, mincore.autograd; "
+            "print(' '.join(m for m in ('numba', 'torch', 'cupy', 'jax') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "", r.stdout

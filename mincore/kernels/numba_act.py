@@ -15,6 +15,10 @@ without that, |x| > 1e12 (float32) would get a gradient of order 1 too much. The
 mincore.autograd.elementwise is the oracle (tests/test_autograd_ops.py).
 
 Traffic: forward reads x, writes y; VJP reads g, x, writes dx.
+
+Caller: mincore.autograd.elementwise.gelu, which imports this module inside the function (autograd may
+use kernels only lazily: docs/ARCHITECTURE.md, Layers). It lives here, not in autograd, because it is
+built from the same numba pieces as the recurrent kernels (numba_math's exp, numba_scan's JIT flags).
 """
 
 from __future__ import annotations
