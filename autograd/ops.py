@@ -9,18 +9,20 @@ the input dtype (Python-float constants only, so float32 never widens to float64
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import itertools
 import math
-import operator
+import time
 
 import numpy as np
 
 from .elementwise import exp, gelu, log, relu, sigmoid, sigmoid_array, silu, softplus, tanh
 from .tensor import Tensor, as_tensor, record
 
-__all__ = ["unbroadcast", "add", "sub", "mul", "div", "neg", "pow", "matmul", "linear", "sum", "mean",
-           "max", "reshape", "transpose", "getitem", "concat", "stack", "broadcast_to", "exp", "log",
-           "tanh", "sigmoid", "softplus", "relu", "gelu", "silu", "sigmoid_array"]
+__all__ = ["unbroadcast", "add", "sub", "mul", "div", "neg", "pow", "mm", "matmul_timer", "MatmulTally",
+           "matmul", "linear", "sum", "mean", "max", "reshape", "transpose", "getitem", "concat", "stack",
+           "broadcast_to", "exp", "log", "tanh", "sigmoid", "softplus", "relu", "gelu", "silu", "sigmoid_array"]
 
 
 def unbroadcast(g, shape):
@@ -97,9 +99,42 @@ def pow(a, b):
 
 
 # ------------------------------------------------------------------------------ matrix products
-# every matrix product goes through _mm (the C operator itself, no Python frame), so a profiler can
-# swap in a timed version: benchmarks/profile_step.py
-_mm = operator.matmul
+@dataclasses.dataclass
+class MatmulTally:
+    """What `matmul_timer` counted: matrix products and their host-clock seconds."""
+    calls: int = 0
+    seconds: float = 0.0
+
+
+_tally: MatmulTally | None = None
+
+
+def mm(x, y):
+    """x @ y on arrays, off the tape: the matrix product under `matmul` and `linear`, for code that
+    writes its own VJP (the fused recurrent layers). Inside `matmul_timer` each call is timed."""
+    tally = _tally
+    if tally is None:
+        return x @ y
+    t0 = time.perf_counter()
+    out = x @ y
+    tally.seconds += time.perf_counter() - t0
+    tally.calls += 1
+    return out
+
+
+@contextlib.contextmanager
+def matmul_timer():
+    """Count and time (host clock) every `mm` inside the block; yields the MatmulTally. For profilers:
+    a step's GEMM time next to its total. On a GPU the clock sees launches, not the products."""
+    global _tally
+    outer, _tally = _tally, MatmulTally()
+    try:
+        yield _tally
+    finally:
+        _tally = outer
+
+
+_mm = mm  # the former private name, until every caller uses `mm`
 
 
 def _swap(x):
@@ -114,18 +149,18 @@ def matmul(a, b):
         raise ValueError(f"matmul: expected arrays of >= 2 dims, got shapes {x.shape} and {y.shape}")
     if y.ndim == 2 and x.ndim > 2:
         x2 = x.reshape(-1, x.shape[-1])
-        out = _mm(x2, y).reshape(*x.shape[:-1], y.shape[1])
+        out = mm(x2, y).reshape(*x.shape[:-1], y.shape[1])
 
         def matmul2d_vjp(g):
             g2 = g.reshape(-1, g.shape[-1])
-            return (_mm(g2, y.T).reshape(x.shape) if a.requires_grad else None,
-                    _mm(x2.T, g2) if b.requires_grad else None)
+            return (mm(g2, y.T).reshape(x.shape) if a.requires_grad else None,
+                    mm(x2.T, g2) if b.requires_grad else None)
         return record(out, (a, b), matmul2d_vjp)
 
     def matmul_vjp(g):
-        return (unbroadcast(_mm(g, _swap(y)), x.shape) if a.requires_grad else None,
-                unbroadcast(_mm(_swap(x), g), y.shape) if b.requires_grad else None)
-    return record(_mm(x, y), (a, b), matmul_vjp)
+        return (unbroadcast(mm(g, _swap(y)), x.shape) if a.requires_grad else None,
+                unbroadcast(mm(_swap(x), g), y.shape) if b.requires_grad else None)
+    return record(mm(x, y), (a, b), matmul_vjp)
 
 
 def linear(x, w, b=None):
@@ -133,15 +168,15 @@ def linear(x, w, b=None):
     x = as_tensor(x)
     xd, wd = x.data, w.data
     x2 = xd.reshape(-1, xd.shape[-1])
-    out = _mm(x2, wd)
+    out = mm(x2, wd)
     if b is not None:
         out += b.data
     inputs = (x, w) if b is None else (x, w, b)
 
     def linear_vjp(g):
         g2 = g.reshape(-1, g.shape[-1])
-        dx = _mm(g2, wd.T).reshape(xd.shape) if x.requires_grad else None
-        dw = _mm(x2.T, g2) if w.requires_grad else None
+        dx = mm(g2, wd.T).reshape(xd.shape) if x.requires_grad else None
+        dw = mm(x2.T, g2) if w.requires_grad else None
         return (dx, dw) if b is None else (dx, dw, g2.sum(axis=0) if b.requires_grad else None)
     return record(out.reshape(*xd.shape[:-1], wd.shape[1]), inputs, linear_vjp)
 
