@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from .main import main
+from .options import engine_option
 
 
-@main.command()
+@click.command()
 @click.option("--checkpoint", "path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="A checkpoint.h5 written by `mincore train --task shakespeare`.")
 @click.option("--prompt", default="\n", show_default="a newline", help="Text to start from.")
@@ -17,7 +17,7 @@ from .main import main
               help="Softmax temperature (0: always the most likely character).")
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="Sample among the K most likely only.")
 @click.option("--seed", type=int, default=None, help="Seed of the sampler (same seed, same text).")
-@click.option("--engine", default=None, help="Kernel engine for the prompt pass (default: numba on CPU).")
+@engine_option("Kernel engine for the prompt pass (default: numba on CPU).")
 def generate(path, prompt, tokens, temperature, top_k, seed, engine):
     """Generate text: the prompt is read in one parallel pass, then each character is sampled with
     the model's recurrent step (constant memory per token: the RNN state and the conv's last 3
@@ -34,9 +34,7 @@ def generate(path, prompt, tokens, temperature, top_k, seed, engine):
     from mincore.tasks.shakespeare import generate as sample
     from mincore.tasks.shakespeare import load_model
 
-    from .train import _check_engine
-
-    model, vocab, _ = load_model(path, _check_engine(engine))
+    model, vocab, _ = load_model(path, engine)
     click.echo(prompt, nl=False)
     t0 = time.perf_counter()
     n = 0

@@ -1,19 +1,46 @@
 """The `mincore` command. Thin by design: each command parses options, imports what it needs inside
 the function (so `mincore --help` stays instant) and calls the library.
 
-Commands register themselves on the group `main`: this module holds `info` and `--version`;
-cli/bench.py holds `bench`; cli/train.py holds `train` and `eval` (and later tasks add theirs).
+Each cli module defines its commands as plain click commands (it never imports this module); the
+group `main` lists them in COMMANDS and imports a module the first time one of its commands is
+needed. This module holds the group, `--version` and `info`; options shared by several commands
+live in cli/options.py.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from mincore import __version__
 
+# command name -> "module:attribute" of the click command (or group) that implements it
+COMMANDS = {
+    "bench": "mincore.cli.bench:bench",
+    "eval": "mincore.cli.train:evaluate",
+    "generate": "mincore.cli.generate:generate",
+    "rl": "mincore.cli.rl:rl",
+    "train": "mincore.cli.train:train",
+}
+
 
 class _Group(click.Group):
-    """A click group that turns library errors into one-line messages and a non-zero exit."""
+    """A click group that imports its commands on first use (click's lazy-group recipe: COMMANDS)
+    and turns library errors into one-line messages and a non-zero exit."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kw):
+        super().__init__(*args, **kw)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx, name):
+        if name not in self.lazy:
+            return super().get_command(ctx, name)
+        module, attr = self.lazy[name].split(":")
+        return getattr(importlib.import_module(module), attr)
 
     def invoke(self, ctx):
         try:
@@ -30,7 +57,7 @@ class _Group(click.Group):
             raise click.ClickException(f"{type(e).__name__}: {e}") from None
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="mincore")
 def main():
     """mincore: minGRU / minLSTM / LRU with hand-written parallel-scan kernels.
@@ -56,13 +83,13 @@ def info():
 
     import numpy
 
-    from mincore.backend import engines
+    from mincore.backend import cpu_count, engines
 
     versions = {"mincore": __version__, "python": platform.python_version(), "numpy": numpy.__version__}
     dists = metadata.packages_distributions()  # import name -> distributions (cupy ships as cupy-cuda12x...)
     for mod in ("numba", "scipy", "h5py", "click", "tqdm", "matplotlib", "cupy", "torch"):
         versions[mod] = metadata.version(dists[mod][0]) if dists.get(mod) else "not installed"
-    click.echo(f"machine: {platform.machine()} {platform.system()} ({_cpu_count()} CPUs)")
+    click.echo(f"machine: {platform.machine()} {platform.system()} ({cpu_count()} CPUs)")
     for k, v in versions.items():
         click.echo(f"{k:>11}: {v}")
     click.echo("engines:")
@@ -70,16 +97,3 @@ def info():
         state = "available" if e["available"] else f"unavailable: {e['reason']}"
         click.echo(f"  {name:<11} [{', '.join(e['arrays'])}] {state}")
         click.echo(f"  {'':<11} {e['doc']}")
-
-
-def _cpu_count() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-# imported for their side effect of adding commands to `main` (after `main` exists)
-from . import bench  # noqa: E402, F401
-from . import generate as _generate  # noqa: E402, F401
-from . import rl as _rl  # noqa: E402, F401
-from . import train as _train  # noqa: E402, F401

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .main import main
-
 ENVS = ("halfcheetah", "hopper", "walker2d")  # mincore.tasks.rl_collect.ENVS (no imports for --help)
 KINDS = ("random", "medium", "medium-replay", "medium-expert")
 
 
-@main.group()
+@click.group()
 def rl():
     """Offline-RL datasets in the D4RL layout.
 

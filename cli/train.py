@@ -9,32 +9,16 @@ import sys
 
 import click
 
-from .main import main
+from .options import engine_option
 
 TASKS = ("copy", "shakespeare", "rl")  # mincore.tasks.TASKS; listed here too so `--help` needs no imports
-ENGINES = ("numpy", "logspace", "numba", "numba-cuda", "cupy")
-
-
-def _check_engine(engine):
-    if engine is None:
-        return None
-    from mincore.backend import engines
-
-    table = engines()
-    if engine not in table:
-        raise click.BadParameter(f"unknown engine {engine!r}; expected one of {', '.join(table)}",
-                                 param_hint="--engine")
-    if not table[engine]["available"]:
-        raise click.BadParameter(f"engine {engine!r} cannot run here: {table[engine]['reason']}",
-                                 param_hint="--engine")
-    return engine
 
 
 def _minutes(s: float) -> str:
     return f"{int(s // 60)}m{s % 60:04.1f}s" if s >= 60 else f"{s:.1f}s"
 
 
-@main.command()
+@click.command()
 @click.option("--task", type=click.Choice(TASKS), default="copy", show_default=True,
               help="Which task to train.")
 @click.option("--preset", default="default", show_default=True,
@@ -47,8 +31,7 @@ def _minutes(s: float) -> str:
 @click.option("--eval-every", type=click.IntRange(min=1), default=None, help="Steps between evaluations.")
 @click.option("--seed", type=int, default=None,
               help="Seed of the model init, dropout and training data. [default: 0]")
-@click.option("--engine", default=None,
-              help="Kernel engine: numba (CPU default), numpy, logspace, cupy, numba-cuda.")
+@engine_option("Kernel engine: numba (CPU default), numpy, logspace, cupy, numba-cuda.")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
               help="shakespeare: a UTF-8 text file [default: tiny-shakespeare, downloaded once].")
 @click.option("--env", type=click.Choice(("halfcheetah", "hopper", "walker2d")), default=None,
@@ -79,10 +62,9 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, data
       mincore train --task rl --env hopper --kind medium # Decision-minGRU + BC baseline, scored
     """
     from mincore.autograd import load_checkpoint
+    from mincore.backend import cpu_count, keep_freed_memory
     from mincore.tasks import get_task
     from mincore.tasks.loop import NonFiniteLoss
-
-    from mincore.backend import keep_freed_memory
 
     mod = get_task(task)
     if preset not in mod.PRESETS:
@@ -97,7 +79,6 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, data
     if task != "rl" and any(v is not None for v in rl.values()):
         raise click.BadParameter(f"--env/--kind/--dataset are options of --task rl, not {task}", param_hint="--env")
     out = out or f"runs/{task}-{model or mod.PRESETS[preset].model}"
-    engine = _check_engine(engine)
     if resume:
         ctx = click.get_current_context()
         given = [f"--{p.replace('_', '-')}" for p in ("preset", "model", "steps", "batch_size", "eval_every",
@@ -121,7 +102,7 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, data
         cfg.validate()
     try:
         keep_freed_memory()  # each step's activations reuse freed memory (its docstring)
-        with cpu_threads(threads or mod.THREADS or os.cpu_count() or 1):
+        with cpu_threads(threads or mod.THREADS or cpu_count()):
             s = mod.train(cfg, out, resume=resume, progress=not quiet)
     except NonFiniteLoss as e:
         raise click.ClickException(str(e)) from None
@@ -154,11 +135,10 @@ def cpu_threads(n: int):
         numba.set_num_threads(old)
 
 
-@main.command(name="eval")
+@click.command(name="eval")
 @click.option("--checkpoint", "path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="A checkpoint.h5 written by `mincore train`.")
-@click.option("--engine", default=None,
-              help="Kernel engine to evaluate with (default: the run's).")
+@engine_option("Kernel engine to evaluate with (default: the run's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 def evaluate(path, engine, as_json):
     """Reload a checkpoint and re-evaluate it on its task's held-out set (the run's final
@@ -169,12 +149,11 @@ def evaluate(path, engine, as_json):
       mincore eval --checkpoint runs/copy-mingru/checkpoint.h5
       mincore eval --checkpoint runs/copy-mingru/checkpoint.h5 --json
     """
+    from mincore.backend import keep_freed_memory
     from mincore.tasks import evaluate_checkpoint
 
-    from mincore.backend import keep_freed_memory
-
     keep_freed_memory()
-    metrics, meta = evaluate_checkpoint(path, _check_engine(engine))
+    metrics, meta = evaluate_checkpoint(path, engine)
     if as_json:
         click.echo(json.dumps(metrics))
         return

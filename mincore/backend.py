@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["get_array_module", "is_cupy_array", "EngineSpec", "register_engine", "engines",
-           "get_engine", "resolve_engine", "engine_names", "keep_freed_memory"]
+           "get_engine", "resolve_engine", "engine_names", "cpu_count", "keep_freed_memory"]
 
 
 def is_cupy_array(x) -> bool:
@@ -220,7 +220,15 @@ def get_engine(engine: str | None, xp):
     return name, _load(name)
 
 
-# ------------------------------------------------------------------------------ process tuning
+# ------------------------------------------------------------------------------ the machine and the process
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, e.g. under taskset or a
+    container's CPU set), else every CPU of the machine."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
 MMAP_THRESHOLD = 32 << 20  # glibc's largest: arrays up to 32 MiB are recycled from the heap
 

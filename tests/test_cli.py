@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
+import click
 import pytest
 from click.testing import CliRunner
-from mincore.cli.main import main
 
 import mincore
+from mincore.cli.main import COMMANDS, main
 
 
 def run(*args):
@@ -21,6 +24,22 @@ def test_help_lists_commands_with_examples():
     for cmd in ("info", "bench"):
         assert cmd in r.output
     assert "Examples" in r.output
+
+
+def test_every_registered_command_loads_under_its_name():
+    ctx = click.Context(main)
+    assert set(COMMANDS) <= set(main.list_commands(ctx))
+    for name in COMMANDS:
+        cmd = main.get_command(ctx, name)
+        assert isinstance(cmd, click.Command) and cmd.name == name
+
+
+@pytest.mark.parametrize("module", ["train", "generate", "rl", "options"])
+def test_command_modules_do_not_import_the_group(module):
+    """A command module defines plain click commands; the group registers them (no import cycle)."""
+    code = f"import sys, mincore.cli.{module}; print('mincore.cli.main' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False"]
 
 
 def test_version():
