@@ -1,9 +1,9 @@
 """Run the CUDA C kernels of the "cupy" engine on the CPU: g++ compiles the exact translation unit
-CuPy hands to NVRTC (cupy_engine.source()) against tests/cuda_host_shim.h, and the engine's own
-launch sequence (cupy_engine.run_cell) drives it with NumPy arrays. So the CUDA C cells, the scan
-skeleton (segments, shuffle carry scan, global chunks) and the launcher's argument order are all
-checked against the oracle on a machine without a GPU. Not checked: NVRTC itself, hardware float16
-conversion, the memory model, speed.
+CuPy hands to NVRTC (cupy_engine.source()) against tests/cuda_host_shim.h, and the engines' own
+launch sequence (gpu_common.launch, through cupy_engine.target) drives it with NumPy arrays. So the
+CUDA C cells, the scan skeleton (segments, shuffle carry scan, global chunks) and the launcher's
+argument order are all checked against the oracle on a machine without a GPU. Not checked: NVRTC
+itself, hardware float16 conversion, the memory model, speed.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from mincore.backend import get_array_module
 from mincore.kernels import cupy_engine, gpu_common
 
 SHIM = Path(__file__).with_name("cuda_host_shim.h")
@@ -108,12 +107,10 @@ class EmuKernel:
 
 def engine(dll, n_sm=0):
     """An engine module look-alike (dict of the interface functions) running the emulated kernels.
-    n_sm = 0 gives the thread-per-channel plan; cupy_engine.set_plan_override forces the others."""
+    n_sm = 0 gives the thread-per-channel plan; gpu_common.plan_override forces the others."""
 
-    def kernels(cell, dtype_name, N):
+    def raw_kernels(cell, dtype_name, N):
         return tuple(EmuKernel(dll, n) for n in cupy_engine.name_expressions(cell, dtype_name, N))
 
-    def launch(*args):
-        cupy_engine.run_cell(*args, xp=np, n_sm=n_sm, kernels=kernels)
-
-    return gpu_common.make_api(launch, get_array_module)
+    emulated = cupy_engine.target(np, n_sm, raw_kernels)
+    return gpu_common.make_api(lambda x: emulated)

@@ -9,7 +9,8 @@ must be set before numba is first imported, so tests/test_cudasim.py runs this f
 The simulator runs every GPU thread as a Python thread (~0.5 s per call here), so shapes are tiny:
 8 channels x 128 steps, plus odd sizes and T in {0, 1}. Every function is checked forward and
 backward on the three kernel paths: thread per channel (the simulator's default plan), segments
-within a block (the on-chip chunked scan), and global chunks (totals, carry, apply).
+within a block (the on-chip chunked scan), and global chunks (totals, carry, apply); and the widest
+blocks the plan rule allows.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from strategies import lru_inputs  # noqa: E402
 
 from mincore.kernels import numba_cuda as nc  # noqa: E402
 from mincore.kernels import reference as ref  # noqa: E402
+from mincore.kernels.gpu_common import plan_override  # noqa: E402
 
 PLANS = {"thread": {}, "segments": {"dpb": 4, "nseg": 8}, "chunks": {"dpb": 4, "nseg": 8, "C": 2}}
 TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
@@ -38,9 +40,8 @@ def setup_module():
 
 @pytest.fixture(params=list(PLANS))
 def plan(request):
-    nc.set_plan_override(**PLANS[request.param])
-    yield request.param
-    nc.set_plan_override()
+    with plan_override(**PLANS[request.param]):
+        yield request.param
 
 
 def _inputs(shape, dtype, seed=0, n=5):
@@ -116,13 +117,27 @@ def test_lru(plan, shape, dtype):
 
 def test_identities():
     """a = 1 gives a cumulative sum, a = 0 gives b, on the segmented path."""
-    nc.set_plan_override(**PLANS["segments"])
-    try:
+    with plan_override(**PLANS["segments"]):
         (b,), h0 = _inputs((2, 128, 4), np.float64, seed=4, n=1)
         _close(nc.scan(np.ones_like(b), b, h0), h0[:, None] + np.cumsum(b, axis=1), np.float64)
         _close(nc.scan(np.zeros_like(b), b, h0), b, np.float64)
-    finally:
-        nc.set_plan_override()
+
+
+@pytest.mark.parametrize("forced", [{"dpb": 64, "nseg": 4}, {"dpb": 8, "nseg": 32}])
+def test_the_plans_of_the_cuda_c_engine(forced):
+    """Blocks as wide as the CUDA C engine's (64 channels x 4 segments) and 32 segments of complex128:
+    dynamic shared memory sized by the plan, so both engines take the same plans."""
+    with plan_override(**forced):
+        (k, v, dh, _, _), h0 = _inputs((1, 40, forced["dpb"] + 6), np.float32, seed=7)  # a partial block
+        _check("min_gru", "min_gru_backward", (k, v), h0, dh, {"log_space": True}, np.float32)
+        lam, bu, dh, h0, real = lru_inputs((1, 9, 8), np.complex128)
+        _close(nc.lru_scan(lam, bu, h0), ref.lru_scan(lam, bu, h0), real)
+
+
+def test_a_plan_outside_the_rule_is_refused():
+    (k, v, _, _, _), h0 = _inputs((1, 8, 4), np.float64)
+    with plan_override(nseg=64), pytest.raises(ValueError, match="unusable launch plan"):
+        nc.min_gru(k, v, h0, False)
 
 
 def test_public_api_under_the_simulator():

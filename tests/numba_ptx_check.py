@@ -32,9 +32,9 @@ def main() -> int:
         lru = cell.startswith("Lru")
         for acc in (("complex64",) if lru else ("float32", "float64") if cell == "LstmBwd" else ("float32",)):
             arr = types.Array(getattr(types, acc), 1, "C")
-            scan_k, carry_k = nc._kernels(cell, acc)
+            scan_k, carry_k = nc._kernels(cell, acc, gpu_common.steps_per_thread(acc, cell))
             try:
-                ptx, _ = cuda.compile_ptx(scan_k.py_func, (arr,) * 14 + (types.int64,) * 9, cc=CC)
+                ptx, _ = cuda.compile_ptx(scan_k.py_func, (arr,) * 14 + (types.int64,) * 8, cc=CC)
                 cuda.compile_ptx(carry_k.py_func, (arr,) * 3 + (types.int64,) * 3, cc=CC)
             except Exception as e:  # noqa: BLE001 - report every failure, then fail
                 if "NVVM" in type(e).__name__ or "libNVVM" in str(e) or "libdevice" in str(e):

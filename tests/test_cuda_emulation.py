@@ -9,9 +9,11 @@ from __future__ import annotations
 import cuda_emulation as ce
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from strategies import lru_inputs
 
-from mincore.kernels import cupy_engine, gpu_common
+from mincore.kernels import gpu_common
 from mincore.kernels import reference as ref
 
 pytestmark = pytest.mark.skipif(ce.CXX is None, reason="no C++ compiler (g++/clang++) on PATH")
@@ -33,9 +35,8 @@ def emu(tmp_path_factory):
 
 @pytest.fixture
 def api(plan, emu):
-    cupy_engine.set_plan_override(**PLANS[plan])
-    yield ce.engine(emu)
-    cupy_engine.set_plan_override()
+    with gpu_common.plan_override(**PLANS[plan]):
+        yield ce.engine(emu)
 
 
 def _ref(fn, args, dtype):
@@ -120,8 +121,42 @@ def test_engine_chosen_plans(emu, shape):
     ((64, 4096, 256), (64, 4, 16), (64, 4, 8)),
     ((8, 65536, 256), (8, 32, 8), (16, 16, 8)),
 ])
-def test_plan_for_the_issue_shapes_on_an_h100(shape, fwd, bwd):
+def test_plan_for_the_benchmark_shapes_on_an_h100(shape, fwd, bwd):
     """The plans the rule in gpu_common's docstring gives (tuned by the H100 sweep in BENCHMARKS.md)."""
     for cell, want in (("GruFwd", fwd), ("GruBwd", bwd)):
         p = gpu_common.cell_plan(cell, shape, np.float32, 132)
         assert (p.dpb, p.nseg, p.N, p.C) == (*want, 1), (cell, p)
+
+
+@given(B=st.integers(1, 4096), T=st.integers(0, 1 << 20), D=st.integers(1, 4096),
+       n_sm=st.sampled_from([0, 1, 8, 132, 1024]), cell=st.sampled_from(list(gpu_common.CELLS)),
+       dtype=st.sampled_from(["float16", "float32", "float64", "complex64", "complex128"]))
+def test_every_chosen_plan_obeys_the_launch_rule(B, T, D, n_sm, cell, dtype):
+    p = gpu_common.cell_plan(cell, (B, T, D), dtype, n_sm)
+    gpu_common.check_plan(p)
+    assert p.C == 1 or (p.C - 1) * p.L < T <= p.C * p.L  # every chunk holds steps
+    assert p.shared_bytes(np.dtype(dtype).itemsize) <= 48 * 1024
+
+
+@pytest.mark.parametrize("forced", [{"dpb": 64, "nseg": 8}, {"dpb": 4, "nseg": 3}, {"dpb": 4, "nseg": 2},
+                                    {"dpb": 8, "nseg": 64}])
+def test_a_forced_plan_outside_the_rule_is_refused(emu, forced):
+    (k, v), h0 = _data((2, 64, 8), np.float32, 2)
+    with gpu_common.plan_override(**forced), pytest.raises(ValueError, match="unusable launch plan"):
+        ce.engine(emu)["min_gru"](k, v, h0, False)
+
+
+def test_plan_override_checks_its_fields_and_restores_the_outer_plan():
+    with pytest.raises(TypeError, match="unknown field 'N'"), gpu_common.plan_override(N=4):
+        pass
+    with pytest.raises(ValueError, match="nseg must be a positive int, got 0"), gpu_common.plan_override(nseg=0):
+        pass
+    def fields():
+        p = gpu_common.cell_plan("GruFwd", (1, 4096, 8), "float32", 0)
+        return p.dpb, p.nseg, p.C
+
+    with gpu_common.plan_override(dpb=8, nseg=4):
+        with gpu_common.plan_override(C=2):
+            assert fields() == (8, 4, 2)
+        assert fields() == (8, 4, 1)
+    assert fields() == (8, 1, 1)

@@ -17,6 +17,7 @@ import pytest
 import mincore
 from mincore import backend as mb
 from mincore.kernels import reference as ref
+from mincore.kernels.gpu_common import plan_override
 
 try:  # the CPU suite's engine-parametrised bodies, collected again here with a device backend
     from conftest import make_backend
@@ -49,7 +50,7 @@ def _unusable(engines) -> str | None:
     return "; ".join(bad) or None
 
 
-GPU_ENGINES = ["cupy", "numba-cuda"]
+GPU_ENGINES = [n for n, e in mb.engines().items() if e["arrays"] == ["cupy"]]  # device arrays only
 _NONE_USABLE = all(_unusable([e]) for e in GPU_ENGINES)  # conftest skips gpu tests too; this file
 pytestmark = [pytest.mark.gpu,  # also stands alone (see the ImportError fallback above)
               pytest.mark.skipif(_NONE_USABLE, reason=f"no usable CUDA device: {_unusable(GPU_ENGINES)}")]
@@ -76,9 +77,8 @@ def _impl(engine):
 
 @pytest.fixture(params=list(PLANS))
 def plan(request):
-    yield PLANS[request.param]
-    for e in GPU_ENGINES:
-        _impl(e).set_plan_override()
+    with plan_override(**PLANS[request.param]):
+        yield PLANS[request.param]
 
 
 def _close(got, want, dtype):
@@ -135,7 +135,6 @@ def _run_cell(impl, fn, args, h0, dh, kw, dtype):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_every_path_against_the_oracle(engine, plan, shape, dtype):
     impl = _impl(engine)
-    impl.set_plan_override(**plan)
     for fn, args, h0, dh, kw in _cases(shape, dtype):
         _run_cell(impl, fn, args, h0, dh, kw, dtype)
     rng = np.random.default_rng(1)
@@ -156,7 +155,6 @@ def test_every_path_against_the_oracle(engine, plan, shape, dtype):
 def test_float16_storage_on_cupy(plan, shape):
     impl = _impl("cupy")
     assert "float16" in impl.DTYPES
-    impl.set_plan_override(**plan)
     for fn, args, h0, dh, kw in _cases(shape, np.float16):
         _run_cell(impl, fn, args, h0, dh, kw, "float16")
 

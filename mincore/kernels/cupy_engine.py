@@ -8,7 +8,8 @@ stream-ordered pool, and the LRU dlam reduction is a CuPy reduction on the same 
 
 float16 storage is supported with float32 accumulation (half_t in the CUDA source); complex64 /
 complex128 serve the LRU. The launch plan (block shape, segments, global chunks) is chosen by shape
-in `mincore.kernels.gpu_common.plan`; `set_plan_override` forces one (tests, benchmarks).
+in `mincore.kernels.gpu_common.plan`, and the launch sequence is gpu_common's: this module compiles
+the kernels and calls them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import gpu_common
-from .gpu_common import CELLS, MODE_APPLY, MODE_FULL, MODE_TOTALS
+from .gpu_common import CELLS
 
 DTYPES = ("float16", "float32", "float64")
 
@@ -27,7 +28,6 @@ _DIR = Path(__file__).resolve().parent
 SOURCES = ("scan_common.cu", "scan_kernels.cu")  # concatenated in this order
 _CTYPE = {"float16": ("half_t", "float"), "float32": ("float", "float"), "float64": ("double", "double"),
           "complex64": ("cplx<float>", "cplx<float>"), "complex128": ("cplx<double>", "cplx<double>")}
-_override: dict = {}
 
 
 def source() -> str:
@@ -86,65 +86,33 @@ def _n_sm(device_id: int) -> int:
     return cupy.cuda.Device(device_id).attributes["MultiProcessorCount"]
 
 
-def set_plan_override(**kw) -> None:
-    """Force plan fields (dpb, nseg, C) for every later launch; no arguments clears the override."""
-    _override.clear()
-    _override.update(kw)
+def _call(raw):
+    """A RawKernel-like k(grid, block, args, shared_mem=) behind gpu_common.Target's calling convention."""
+    def call(grid, block, shared_bytes, arrays, ints):
+        raw(grid, block, (*arrays, *(np.int32(i) for i in ints)), shared_mem=shared_bytes)
+    return call
 
 
-def launch(cell, xs, ys, h0, s0, yfin, part, shape, rev, flags):
-    """Run one cell on CuPy arrays on the current device and stream (see gpu_common.make_api)."""
+def target(xp, n_sm: int, raw_kernels) -> gpu_common.Target:
+    """A launch target over `raw_kernels(cell, dtype name, N)` -> (scan, carry) RawKernel-likes: CuPy's
+    below, or the host emulation's in tests/cuda_emulation.py (NumPy arrays, the same launches)."""
+    return gpu_common.Target(xp, n_sm, lambda cell, dt, n: tuple(map(_call, raw_kernels(cell, dt, n))))
+
+
+@functools.cache
+def _device_target(device_id: int) -> gpu_common.Target:
     import cupy
 
-    dev = cupy.cuda.Device().id
-    run_cell(cell, xs, ys, h0, s0, yfin, part, shape, rev, flags, xp=cupy, n_sm=_n_sm(dev),
-             kernels=lambda c, dt, n: _kernels(dev, c, dt, n))
+    return target(cupy, _n_sm(device_id), functools.partial(_kernels, device_id))
 
 
-def run_cell(cell, xs, ys, h0, s0, yfin, part, shape, rev, flags, *, xp, n_sm, kernels):
-    """The launch sequence, independent of where the kernels come from: `kernels(cell, dtype_name, N)`
-    returns (scan, carry) callables with CuPy's RawKernel signature k(grid, block, args, shared_mem=)
-    (the host emulation in tests/cuda_emulation.py passes NumPy arrays and its own callables)."""
-    B, T, D = shape
-    dtype = ys[0].dtype
-    acc = gpu_common.acc_dtype(dtype)
-    p = gpu_common.cell_plan(cell, shape, dtype, n_sm, **_override)
-    scan_k, carry_k = kernels(cell, dtype.name, p.N)
-    dummy_v = xp.empty(1, dtype=acc)
-    x = list(xs) + [xs[0]] * (5 - len(xs))
-    y = list(ys) + [ys[0]] * (3 - len(ys))
-    if part is not None:
-        part.append(xp.empty((B, p.C, p.nseg, D), dtype=acc))
-    pv = part[0] if part is not None else dummy_v
-    cA, cB = ((xp.empty((B, p.C, D), dtype=acc), xp.empty((B, p.C, D), dtype=acc)) if p.C > 1
-              else (dummy_v, dummy_v))
-    fin = yfin if yfin is not None else s0
-    grid, block, smem = p.grid(B, D), p.block(), p.shared_bytes(acc.itemsize)
-    if (smem > 48 * 1024 or p.dpb * p.nseg > 256 or p.nseg > 32 or p.nseg & (p.nseg - 1)
-            or (p.nseg > 1 and p.dpb * p.nseg % 32)):
-        raise ValueError(f"cupy engine: unusable plan {p} ({smem} B shared; blocks hold at most 256 "
-                         "threads, nseg a power of two <= 32, whole warps when nseg > 1)")
-
-    def run(mode, want_fin):
-        ints = (B, T, D, p.L, int(rev), mode, flags, int(want_fin))
-        scan_k(grid, block, (*x, h0, s0, *y, fin, pv, cA, cB, *(np.int32(i) for i in ints)),
-               shared_mem=smem)
-
-    if p.C == 1:
-        run(MODE_FULL, yfin is not None)
-        return
-    run(MODE_TOTALS, False)
-    carry_k(((B * D + 255) // 256,), (256,), (cA, cB, s0, np.int32(B), np.int32(p.C), np.int32(D)))
-    run(MODE_APPLY, yfin is not None)
-
-
-def _xp_of(x):
+def _current_target(x) -> gpu_common.Target:
     import cupy
 
-    return cupy.get_array_module(x)
+    return _device_target(cupy.cuda.Device().id)
 
 
-_api = gpu_common.make_api(launch, _xp_of)
+_api = gpu_common.make_api(_current_target)
 scan, scan_backward = _api["scan"], _api["scan_backward"]
 min_gru, min_gru_backward = _api["min_gru"], _api["min_gru_backward"]
 min_lstm, min_lstm_backward = _api["min_lstm"], _api["min_lstm_backward"]
