@@ -40,8 +40,11 @@ TEST_RC=$?
 tail -40 "$OUT/gpu_tests.txt"
 echo "pytest -m gpu exit code: $TEST_RC"
 
+# `mincore bench kernels` without relying on the console script being on PATH
+bench() { $PY -c 'from mincore.cli.main import main; main(prog_name="mincore")' bench kernels --gpu --log-space "$@"; }
+
 echo "## benchmark (CUDA events, median of $REPEATS; copy bandwidth measured in the same run)"
-$PY -m mincore.bench_gpu --repeats "$REPEATS" --json "$OUT/gpu_bench.json" | tee "$OUT/gpu_bench.md"
+bench --engine cupy --engine numba-cuda --repeats "$REPEATS" --json "$OUT/gpu_bench.json" | tee "$OUT/gpu_bench.md"
 BENCH_RC=${PIPESTATUS[0]}
 echo "bench exit code: $BENCH_RC"
 
@@ -49,8 +52,7 @@ if [ "${QUICK:-0}" != 1 ]; then
   echo "## plan sweep (cupy; forward and backward may take different plans): tune mincore/kernels/gpu_common.plan from this"
   for shape in 8,65536,256 64,4096,256; do
     for plan in dpb=8,nseg=32 dpb=16,nseg=16 dpb=32,nseg=8 dpb=64,nseg=4 dpb=128,nseg=2 dpb=128,nseg=1; do
-      $PY -m mincore.bench_gpu --shape $shape --engine cupy --no-torch --repeats 20 --plan $plan,C=1 \
-        | grep "| cupy"
+      bench --shape $shape --engine cupy --no-torch --repeats 20 --plan $plan,C=1 | grep "| cupy"
     done
   done 2>&1 | tee "$OUT/gpu_plan_sweep.md"
 fi

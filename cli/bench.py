@@ -1,13 +1,17 @@
-"""`mincore bench kernels`: kernel times and effective bandwidth against this machine's copy."""
+"""`mincore bench kernels`: kernel times and effective bandwidth against this machine's copy, on the CPU
+engines (host clock) or the GPU engines (CUDA events). The defaults live in mincore.bench."""
 
 from __future__ import annotations
 
 import click
 
-from .main import main
+from .options import check_engine
+
+PLAN_HELP = ("GPU launch plan forced on every GPU engine, e.g. dpb=16,nseg=16,C=1 (channels per block, "
+             "time segments per block, chunks along T); a sweep over plans tunes the plan rule on a new device.")
 
 
-@main.group()
+@click.group()
 def bench():
     """Benchmarks (figures for docs/BENCHMARKS.md)."""
 
@@ -22,59 +26,100 @@ def _shape(text: str):
     return B, T, D
 
 
+def _plan(ctx, param, text):
+    """--plan dpb=16,nseg=16,C=1 -> {"dpb": 16, "nseg": 16, "C": 1}, checked against the plan fields."""
+    if text is None:
+        return None
+    from mincore.kernels.gpu_common import PLAN_FIELDS
+
+    fields = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        if key.strip() not in PLAN_FIELDS or not value.strip().isdigit() or int(value) < 1:
+            raise click.BadParameter(f"expected FIELD=N items with FIELD in {', '.join(PLAN_FIELDS)} and N >= 1, "
+                                     f"got {item!r}")
+        fields[key.strip()] = int(value)
+    return fields
+
+
+def _engines(names, gpu: bool, dtype: str) -> list[str]:
+    """The engines to time: the ones named (each checked), else every engine that runs here on the
+    arrays of --cpu/--gpu and takes `dtype`, the oracle excepted."""
+    import importlib
+
+    from mincore.backend import engines, get_engine
+
+    for n in names:
+        check_engine(n)
+    table, xp_name = engines(), "cupy" if gpu else "numpy"
+    if gpu and not table["cupy"]["available"]:
+        raise click.UsageError(f"--gpu needs CuPy on a CUDA device: {table['cupy']['reason']}")
+    foreign = [n for n in names if xp_name not in table[n]["arrays"]]
+    if foreign:
+        raise click.BadParameter(f"engine {foreign[0]!r} takes {' or '.join(table[foreign[0]]['arrays'])} "
+                                 f"arrays, not {xp_name}: {'drop' if gpu else 'add'} --gpu", param_hint="--engine")
+    chosen = list(names) or [n for n, e in table.items() if e["available"] and xp_name in e["arrays"] and n != "numpy"]
+    xp = importlib.import_module(xp_name)
+    takes = {n: dtype in get_engine(n, xp)[1].DTYPES for n in chosen}
+    refused = [n for n in names if not takes[n]]
+    if refused:
+        raise click.BadParameter(f"engine {refused[0]!r} does not take {dtype} arrays", param_hint="--dtype")
+    return [n for n in chosen if takes[n]]
+
+
 @bench.command()
 @click.option("--engine", "engines", multiple=True,
               help="Engine to time (repeatable). Default: every engine that can run on this device.")
-@click.option("--shape", "shapes", multiple=True, help="B,T,D (repeatable). Default: the issue's shapes.")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
-@click.option("--repeats", type=click.IntRange(1), default=5, show_default=True, help="Timed runs (median).")
+@click.option("--shape", "shapes", multiple=True,
+              help="B,T,D (repeatable). Default: (64,512,256), (64,4096,256), (8,65536,64) on the CPU; "
+                   "(64,512,256), (64,4096,256), (8,65536,256), (512,64,256) on the GPU.")
+@click.option("--dtype", type=click.Choice(["float32", "float64", "float16"]), default="float32",
+              show_default=True, help="float16: storage on the GPU (cupy engine), float32 accumulation.")
+@click.option("--repeats", type=click.IntRange(1), default=None,
+              help="Timed runs (median).  [default: 5 on the CPU, 20 on the GPU]")
 @click.option("--gpu/--cpu", default=False, help="Benchmark CuPy arrays on the GPU engines.")
 @click.option("--log-space", is_flag=True, help="Time min_gru with h~ = g(v) (the paper's log-space model).")
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch baselines even when torch is installed.")
+@click.option("--plan", callback=_plan, help=PLAN_HELP)
 @click.option("--quick", is_flag=True, help="One small shape, 3 repeats: a smoke run.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the rows as JSON.")
-def kernels(engines, shapes, dtype, repeats, gpu, log_space, no_torch, quick, json_path):
+def kernels(engines, shapes, dtype, repeats, gpu, log_space, no_torch, plan, quick, json_path):
     """Time min_gru forward / backward per engine; report GB/s of minimal traffic vs copy.
 
     \b
     Examples:
       mincore bench kernels
       mincore bench kernels --engine numba --shape 64,4096,256 --repeats 9
-      mincore bench kernels --gpu
+      mincore bench kernels --gpu --log-space
+      mincore bench kernels --gpu --engine cupy --shape 8,65536,256 --plan dpb=16,nseg=16,C=1
     """
+    import contextlib
     import json
 
-    import numpy as np
-
     from mincore import bench as B
-    from mincore.backend import engines as engine_table
 
-    xp_name = "cupy" if gpu else "numpy"
-    table = engine_table()
-    if not engines:
-        engines = [n for n, e in table.items() if e["available"] and xp_name in e["arrays"]
-                   and n != "numpy"]
-    for n in engines:
-        if n not in table:
-            raise click.BadParameter(f"unknown engine {n!r}; expected one of {list(table)}",
-                                     param_hint="--engine")
-        if not table[n]["available"]:
-            raise click.ClickException(f"engine {n!r} cannot run here: {table[n]['reason']}")
-    shapes = [_shape(s) for s in shapes] or ([(8, 256, 64)] if quick else
-                                             list(B.SHAPES_GPU if gpu else B.SHAPES_CPU))
-    repeats = 3 if quick else repeats
+    if plan and not gpu:
+        raise click.BadParameter("a launch plan applies to the GPU engines: add --gpu", param_hint="--plan")
+    if dtype == "float16" and not gpu:
+        raise click.BadParameter("float16 storage is a GPU feature: add --gpu", param_hint="--dtype")
+    where = "gpu" if gpu else "cpu"
+    engines = _engines(engines, gpu, dtype)
+    shapes = [_shape(s) for s in shapes] or ([B.QUICK_SHAPE] if quick else list(B.SHAPES[where]))
+    repeats = 3 if quick else repeats or B.REPEATS[where]
     if gpu:  # CUDA-event timings, device copy bandwidth in the same run (mincore.bench_gpu)
         from mincore import bench_gpu
+        from mincore.kernels.gpu_common import plan_override
 
-        rows = bench_gpu.gpu_bench(shapes, list(engines), dtype=dtype, repeats=max(repeats, 20),
-                                   log_space=log_space, torch=not no_torch)
+        with plan_override(**plan) if plan else contextlib.nullcontext():
+            rows = bench_gpu.gpu_bench(shapes, engines, dtype=dtype, repeats=repeats, log_space=log_space,
+                                       torch=not no_torch)
         click.echo(bench_gpu.markdown(rows))
     else:
         rows = []
         for shape in shapes:
             click.echo(f"timing {shape} {dtype} ...", err=True)
-            rows += B.bench_min_gru(shape, list(engines), dtype=np.dtype(dtype), repeats=repeats,
-                                    log_space=log_space, torch=not no_torch)
+            rows += B.bench_min_gru(shape, engines, dtype=dtype, repeats=repeats, log_space=log_space,
+                                    torch=not no_torch)
         click.echo(B.format_rows(rows))
     if json_path:
         with open(json_path, "w") as f:

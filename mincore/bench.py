@@ -24,9 +24,15 @@ import numpy as np
 
 from . import cells
 
+# the defaults of `mincore bench kernels`, here once: shapes and timed runs per figure on each side
+# (GPU shapes: short and long sequences, a large batch of short ones, and a long sequence with too
+# few channels to fill the device, which the chunked scan exists for)
 SHAPES_CPU = ((64, 512, 256), (64, 4096, 256), (8, 65536, 64))
 SHAPES_GPU = ((64, 512, 256), (64, 4096, 256), (8, 65536, 256), (512, 64, 256))
-VALUES = {"fwd": 3, "bwd": 6, "fwd+bwd": 9}
+SHAPES = {"cpu": SHAPES_CPU, "gpu": SHAPES_GPU}
+REPEATS = {"cpu": 5, "gpu": 20}  # host-clock medians / CUDA-event medians
+QUICK_SHAPE = (8, 256, 64)  # --quick: a smoke run
+VALUES = {"fwd": 3, "bwd": 6, "fwd+bwd": 9}  # values moved per element, the minimal traffic
 
 
 def _cpu_copy():
@@ -57,7 +63,7 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(ts)
 
 
-def bench_min_gru(shape, engines, *, dtype=np.float32, repeats=5, log_space=False, torch=True):
+def bench_min_gru(shape, engines, *, dtype="float32", repeats=REPEATS["cpu"], log_space=False, torch=True):
     """Rows of {engine, shape, pass, ms, GB/s, % of copy} for min_gru on NumPy arrays of `shape`
     (GPU engines: mincore.bench_gpu, timed with CUDA events)."""
     rng = np.random.default_rng(0)

@@ -9,23 +9,26 @@ at 100% moves its minimal bytes as fast as the copy moves bytes. Each time is th
 The engines are called through their implementation modules (mincore.backend.get_engine), so the
 figures are the kernels plus output allocation, without the public API's argument checks.
 
-    python -m mincore.bench_gpu                    # the issue's four shapes, markdown table
-    python -m mincore.bench_gpu --shape 8,65536,256 --repeats 100 --json rows.json
+Run it as `mincore bench kernels --gpu` (defaults in mincore.bench; `--plan` forces a launch plan):
 
-`gpu_bench(shapes, engines)` returns the rows (dicts) for `mincore bench kernels` and docs.
+    mincore bench kernels --gpu --log-space
+    mincore bench kernels --gpu --shape 8,65536,256 --repeats 100 --json rows.json
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 
 import numpy as np
 
-SHAPES = ((64, 512, 256), (64, 4096, 256), (8, 65536, 256), (512, 64, 256))
-ENGINES = ("cupy", "numba-cuda")
-VALUES = {"fwd": 3, "bwd": 6, "fwd+bwd": 9}
+from .bench import REPEATS, SHAPES_GPU, VALUES
+
+
+def gpu_engines() -> list[str]:
+    """The engines that take device arrays only (from the engine table)."""
+    from .backend import engines
+
+    return [n for n, e in engines().items() if e["arrays"] == ["cupy"]]
 
 
 def event_ms(fn, repeats=50, warmup=3) -> float:
@@ -73,24 +76,27 @@ def _row(engine, shape, dtype, pss, ms, nbytes):
 
 
 def _plan_text(shape, dtype, pss) -> str:
-    """The cupy launch plan(s) of a row: forward and backward plans differ (gpu_common.plan)."""
+    """The launch plan(s) of a GPU engine's row: forward and backward plans differ (gpu_common.plan)."""
     import cupy
 
-    from .kernels import cupy_engine, gpu_common
+    from .kernels import gpu_common
 
-    n_sm = cupy_engine._n_sm(cupy.cuda.Device().id)
+    n_sm = cupy.cuda.Device().attributes["MultiProcessorCount"]
     out = []
     for cell in {"fwd": ("GruFwd",), "bwd": ("GruBwd",), "fwd+bwd": ("GruFwd", "GruBwd")}[pss]:
-        p = gpu_common.cell_plan(cell, shape, dtype, n_sm, **cupy_engine._override)
+        p = gpu_common.cell_plan(cell, shape, dtype, n_sm)
         out.append(f"dpb={p.dpb} nseg={p.nseg} N={p.N} C={p.C}")
     return " / ".join(out)
 
 
-def gpu_bench(shapes=SHAPES, engines=ENGINES, *, dtype="float32", repeats=50, log_space=True,
+def gpu_bench(shapes=SHAPES_GPU, engines=None, *, dtype="float32", repeats=REPEATS["gpu"], log_space=False,
               torch=True) -> list[dict]:
-    """Rows {engine, shape, dtype, pass, ms, GB/s, copy GB/s, % of copy, x torch, plan, device}."""
+    """Rows {engine, shape, dtype, pass, ms, GB/s, copy GB/s, % of copy, x torch, plan, device};
+    engines None: gpu_engines()."""
     import cupy
 
+    engines = gpu_engines() if engines is None else list(engines)
+    planned = set(gpu_engines())
     rows, dev = [], device_name()
     for shape in shapes:
         here, copy_bw = _bench_shape(tuple(shape), engines, dtype, repeats, log_space, torch)
@@ -98,7 +104,7 @@ def gpu_bench(shapes=SHAPES, engines=ENGINES, *, dtype="float32", repeats=50, lo
         for r in here:
             r.update({"copy GB/s": copy_bw, "% of copy": 100 * r["GB/s"] / copy_bw, "device": dev,
                       "x torch": ref[r["pass"]] / r["ms"] if r["pass"] in ref else None,
-                      "plan": _plan_text(shape, dtype, r["pass"]) if r["engine"] == "cupy" else ""})
+                      "plan": _plan_text(shape, dtype, r["pass"]) if r["engine"] in planned else ""})
         rows += here
         cupy.get_default_memory_pool().free_all_blocks()
     return rows
@@ -140,7 +146,7 @@ def _torch_rows(k, v, dh, shape, dtype, repeats):
     out = []
     for name, fwd, fwd_bwd in _torch_baselines(__import__("cupy"), k, v, dh):
         if name != "torch-logspace":
-            continue  # nn.GRU is sequential: not the comparison the issue asks for
+            continue  # nn.GRU is sequential: the parallel minGRU's baseline is the log-space listing
         tf, tfb = event_ms(fwd, repeats), event_ms(fwd_bwd, repeats)
         out += [_row(name, shape, dtype, p, t, k.nbytes) for p, t in
                 (("fwd", tf), ("bwd", max(tfb - tf, 1e-9)), ("fwd+bwd", tfb))]
@@ -158,34 +164,3 @@ def markdown(rows) -> str:
         lines.append(f"| {r['engine']} | {r['shape']} | {r['dtype']} | {r['pass']} | {r['ms']:.3f} | "
                      f"{r['GB/s']:.0f} | {r['% of copy']:.0f}% | {r['copy GB/s']:.0f} | {xt} | {r['plan']} |")
     return "\n".join(lines)
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shape", action="append", help="B,T,D (repeatable); default: the issue's four")
-    ap.add_argument("--engine", action="append", help="engine (repeatable); default: cupy, numba-cuda")
-    ap.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"])
-    ap.add_argument("--repeats", type=int, default=50)
-    ap.add_argument("--linear", action="store_true", help="h~ = v instead of g(v) (log_space=False)")
-    ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--json", help="also write the rows here")
-    ap.add_argument("--plan", help="force the launch plan of both engines, e.g. dpb=16,nseg=16,C=1 "
-                    "(a sweep over plans tunes gpu_common.plan on a new device)")
-    a = ap.parse_args(argv)
-    if a.plan:
-        from .kernels import cupy_engine, numba_cuda
-
-        kw = {k: int(v) for k, v in (item.split("=") for item in a.plan.split(","))}
-        cupy_engine.set_plan_override(**kw)
-        numba_cuda.set_plan_override(**kw)
-    shapes = [tuple(int(x) for x in s.split(",")) for s in a.shape] if a.shape else SHAPES
-    rows = gpu_bench(shapes, a.engine or ENGINES, dtype=a.dtype, repeats=a.repeats,
-                     log_space=not a.linear, torch=not a.no_torch)
-    print(markdown(rows))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(rows, f, indent=1)
-
-
-if __name__ == "__main__":
-    main()

@@ -3,7 +3,7 @@ measurement itself is exercised by the gpu-marked test_gpu.py::test_gpu_bench_ro
 
 from __future__ import annotations
 
-from mincore import bench_gpu
+from mincore import bench, bench_gpu
 
 
 def test_markdown_table():
@@ -14,5 +14,9 @@ def test_markdown_table():
     assert text.splitlines()[0] == "device: NVIDIA H100"
     assert ("| cupy | (8, 65536, 256) | float32 | fwd | 0.500 | 3000 | 90% | 3333 | 40.0x "
             "| dpb=8 nseg=32 C=1 |") in text
-    assert bench_gpu.VALUES == {"fwd": 3, "bwd": 6, "fwd+bwd": 9}
-    assert (8, 65536, 256) in bench_gpu.SHAPES and (512, 64, 256) in bench_gpu.SHAPES
+    assert bench.VALUES == {"fwd": 3, "bwd": 6, "fwd+bwd": 9}
+    assert (8, 65536, 256) in bench.SHAPES_GPU and (512, 64, 256) in bench.SHAPES_GPU
+
+
+def test_gpu_engines_come_from_the_engine_table():
+    assert bench_gpu.gpu_engines() == ["numba-cuda", "cupy"]
