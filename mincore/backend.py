@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["get_array_module", "is_cupy_array", "EngineSpec", "register_engine", "engines",
-           "get_engine", "resolve_engine", "engine_names", "cpu_count", "keep_freed_memory"]
+           "get_engine", "resolve_engine", "engine_names", "engine_arrays", "engine_array_module", "cpu_count",
+           "keep_freed_memory"]
 
 
 def is_cupy_array(x) -> bool:
@@ -212,6 +213,24 @@ def resolve_engine(engine: str | None, xp) -> str:
     if reason is not None:
         raise RuntimeError(f"{where}: engine {engine!r} cannot run here: {reason}")
     return engine
+
+
+def engine_arrays(engine: str | None) -> str:
+    """The name of the array module `engine` runs on: the first of its spec's `arrays` ("numpy" or
+    "cupy"). None means the engine that resolve_engine picks for NumPy arrays: $MINCORE_ENGINE when
+    set, else the CPU default (so "numpy" unless $MINCORE_ENGINE names a GPU engine)."""
+    where = "engine"
+    if engine is None:
+        engine, where = os.environ.get("MINCORE_ENGINE") or _DEFAULT["numpy"], "$MINCORE_ENGINE"
+    if not isinstance(engine, str) or engine not in _ENGINES:
+        raise ValueError(f"{where}: unknown engine {engine!r}; expected one of {engine_names()}")
+    return _ENGINES[engine].arrays[0]
+
+
+def engine_array_module(engine: str | None):
+    """numpy or cupy: the module whose arrays `engine` takes (see engine_arrays). The one place code
+    above the kernels decides where a model and its data live (cupy is imported only when asked for)."""
+    return importlib.import_module(engine_arrays(engine))
 
 
 def get_engine(engine: str | None, xp):
