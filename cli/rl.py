@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-ENVS = ("halfcheetah", "hopper", "walker2d")  # mincore.tasks.rl_collect.ENVS (no imports for --help)
-KINDS = ("random", "medium", "medium-replay", "medium-expert")
+from mincore.tasks.rl.collect import ENVS, KINDS
 
 
 @click.group()
@@ -20,11 +19,12 @@ def rl():
 
 
 @rl.command()
-@click.option("--env", type=click.Choice(ENVS), required=True, help="MuJoCo v5 environment.")
+@click.option("--env", type=click.Choice(tuple(ENVS)), required=True, help="MuJoCo v5 environment.")
 @click.option("--kind", type=click.Choice(KINDS), required=True,
               help="random | medium | medium-replay | medium-expert (D4RL's kinds; see docs/RL.md).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="HDF5 file to write [default: the cache, $MINCORE_CACHE or ~/.cache/mincore/rl].")
+              help="HDF5 file to write [default: the rl/ folder of the cache: $MINCORE_CACHE, else "
+                   "$XDG_CACHE_HOME/mincore or ~/.cache/mincore].")
 @click.option("--seed", type=int, default=0, show_default=True, help="ARS, resets and action noise.")
 @click.option("--ars-iterations", type=click.IntRange(min=1), default=None,
               help="ARS training iterations of the behaviour policy. [default: 60]")
@@ -38,7 +38,8 @@ def collect(env, kind, out, seed, ars_iterations, transitions, horizon, quiet):
     Needs `pip install 'mincore[rl]'`."""
     import dataclasses
 
-    from mincore.tasks import rl_collect, rl_data
+    from mincore.tasks.rl import collect as rl_collect
+    from mincore.tasks.rl import data as rl_data
 
     over = {"ars_iterations": ars_iterations, "transitions": transitions, "horizon": horizon}
     cfg = dataclasses.replace(rl_collect.CollectConfig(env=env, kind=kind, seed=seed),
@@ -51,7 +52,7 @@ def collect(env, kind, out, seed, ars_iterations, transitions, horizon, quiet):
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 def info(path):
     """Episodes, returns and attributes of a D4RL-layout file (refuses malformed ones)."""
-    from mincore.tasks import rl_data
+    from mincore.tasks.rl import data as rl_data
 
     _describe(path, rl_data.load(path))
 
@@ -62,7 +63,7 @@ def _describe(path, ds):
                f"{s['mean_length']:.0f}); return mean {s['mean_return']:.1f}, best {s['best_return']:.1f}")
     env = ds.attrs.get("env")
     if env:
-        from mincore.tasks.rl_data import normalized_score
+        from mincore.tasks.rl.data import normalized_score
 
         click.echo(f"D4RL-normalised mean return: {float(normalized_score(env, s['mean_return'])):.1f} ({env})")
     for k in ("env_id", "kind", "how", "medium_eval_return", "best_eval_return"):

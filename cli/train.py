@@ -9,17 +9,16 @@ import sys
 
 import click
 
-from .options import engine_option
+from mincore.tasks import TASKS
 
-TASKS = ("copy", "shakespeare", "rl")  # mincore.tasks.TASKS; listed here too so `--help` needs no imports
+from .options import engine_option, task_options, task_overrides
 
-
-def _minutes(s: float) -> str:
-    return f"{int(s // 60)}m{s % 60:04.1f}s" if s >= 60 else f"{s:.1f}s"
+# the settings a resumed run takes from its checkpoint (with the task's own options): never given again
+SETTINGS = ("preset", "model", "steps", "batch_size", "eval_every", "seed", "engine")
 
 
 @click.command()
-@click.option("--task", type=click.Choice(TASKS), default="copy", show_default=True,
+@click.option("--task", type=click.Choice(tuple(TASKS)), default="copy", show_default=True,
               help="Which task to train.")
 @click.option("--preset", default="default", show_default=True,
               help="Named settings: default (2-core CPU, minutes) or paper (the published setting).")
@@ -32,14 +31,7 @@ def _minutes(s: float) -> str:
 @click.option("--seed", type=int, default=None,
               help="Seed of the model init, dropout and training data. [default: 0]")
 @engine_option("Kernel engine: numba (CPU default), numpy, logspace, cupy, numba-cuda.")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="shakespeare: a UTF-8 text file [default: tiny-shakespeare, downloaded once].")
-@click.option("--env", type=click.Choice(("halfcheetah", "hopper", "walker2d")), default=None,
-              help="rl: MuJoCo environment. [default: halfcheetah]")
-@click.option("--kind", type=click.Choice(("random", "medium", "medium-replay", "medium-expert")), default=None,
-              help="rl: dataset kind to collect when no --dataset is given. [default: medium-replay]")
-@click.option("--dataset", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="rl: a D4RL-layout HDF5 file [default: collect one with `mincore rl collect`, cached].")
+@task_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory. [default: runs/TASK-MODEL]")
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out (its own settings).")
@@ -47,8 +39,7 @@ def _minutes(s: float) -> str:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for BLAS and the numba kernels. [default: the task's: 1 for copy and rl, whose "
                    "small models train faster on one thread; all cores for shakespeare]")
-def train(task, preset, model, steps, batch_size, eval_every, seed, engine, data, env, kind, dataset, out, resume,
-          quiet, threads):
+def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out, resume, quiet, threads, **own):
     """Train a task; writes config.json, metrics.jsonl, checkpoint.h5, summary.json and
     learning_curve.png into --out. Ctrl-C stops after the current step with a checkpoint.
 
@@ -61,7 +52,6 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, data
       mincore train --task shakespeare --data input.txt  # character-level LM on a local text
       mincore train --task rl --env hopper --kind medium # Decision-minGRU + BC baseline, scored
     """
-    from mincore.autograd import load_checkpoint
     from mincore.backend import cpu_count, keep_freed_memory
     from mincore.tasks import get_task
     from mincore.tasks.loop import NonFiniteLoss
@@ -73,32 +63,13 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, data
     if model is not None and model not in mod.MODELS:
         raise click.BadParameter(f"unknown model {model!r} for task {task}; expected one of "
                                  f"{', '.join(mod.MODELS)}", param_hint="--model")
-    if data is not None and not hasattr(mod.PRESETS[preset], "data"):
-        raise click.BadParameter(f"task {task} reads no text file (only shakespeare does)", param_hint="--data")
-    rl = {"env": env, "kind": kind, "dataset": os.path.abspath(dataset) if dataset else None}
-    if task != "rl" and any(v is not None for v in rl.values()):
-        raise click.BadParameter(f"--env/--kind/--dataset are options of --task rl, not {task}", param_hint="--env")
+    overrides = task_overrides(mod, task, own)
     out = out or f"runs/{task}-{model or mod.PRESETS[preset].model}"
     if resume:
-        ctx = click.get_current_context()
-        given = [f"--{p.replace('_', '-')}" for p in ("preset", "model", "steps", "batch_size", "eval_every",
-                                                     "seed", "engine", "data", "env", "kind", "dataset")
-                 if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
-        if given:
-            raise click.UsageError(f"--resume continues the saved run with its own settings; drop "
-                                   f"{', '.join(given)} (or start a new run with another --out)")
-        path = os.path.join(out, "checkpoint.h5")
-        if not os.path.exists(path):
-            raise click.ClickException(f"--resume: no checkpoint at {path} (start the run without --resume)")
-        ck = load_checkpoint(path)
-        if ck.config.get("task") != task:
-            raise click.ClickException(f"--resume: {path} is a {ck.config.get('task')!r} run, not {task!r}")
-        cfg = mod.from_dict(ck.config["config"])
-        click.echo(f"resuming {out} at step {ck.step} of {cfg.steps}", err=True)
+        cfg = _resumed_config(mod, task, out, [*SETTINGS, *own])
     else:
         cfg = mod.config(preset, model=model, steps=steps, batch_size=batch_size, eval_every=eval_every,
-                         seed=seed, engine=engine, **({"data": os.path.abspath(data)} if data else {}),
-                         **(rl if task == "rl" else {}))
+                         seed=seed, engine=engine, **overrides)
         cfg.validate()
     try:
         keep_freed_memory()  # each step's activations reuse freed memory (its docstring)
@@ -110,14 +81,29 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, data
         click.echo(f"interrupted at step {s['steps']}; checkpoint saved. Continue with:\n"
                    f"  mincore train --task {task} --out {out} --resume", err=True)
         sys.exit(130)
-    metric = "accuracy" if "accuracy" in s else "loss"
-    click.echo(f"{task} {cfg.model}: held-out {metric} {s[metric]:.4f} (loss {s['loss']:.4f}) after "
-               f"{s['steps']} steps in {_minutes(s['wall_seconds'])} [{s['status']}]")
-    if "normalized_score" in s:  # rl: simulator scores beside the baseline and the data
-        click.echo(f"normalised score {s['normalized_score']:.1f} +- {s['normalized_stderr']:.1f} (return "
-                   f"{s['mean_return']:.0f}, {s['episodes']} episodes); BC {s['bc_normalized_score']:.1f}; dataset "
-                   f"mean return {s['dataset_mean_return']:.0f}, best {s['dataset_best_return']:.0f}")
+    click.echo(mod.describe(s))
     click.echo(f"files in {out}/: config.json metrics.jsonl checkpoint.h5 summary.json learning_curve.png")
+
+
+def _resumed_config(mod, task, out, settings):
+    """The Config of the run saved in `out`; settings given on the command line are refused."""
+    from mincore.autograd import load_checkpoint
+
+    ctx = click.get_current_context()
+    given = [f"--{p.replace('_', '-')}" for p in settings
+             if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise click.UsageError(f"--resume continues the saved run with its own settings; drop "
+                               f"{', '.join(given)} (or start a new run with another --out)")
+    path = os.path.join(out, "checkpoint.h5")
+    if not os.path.exists(path):
+        raise click.ClickException(f"--resume: no checkpoint at {path} (start the run without --resume)")
+    ck = load_checkpoint(path)
+    if ck.config.get("task") != task:
+        raise click.ClickException(f"--resume: {path} is a {ck.config.get('task')!r} run, not {task!r}")
+    cfg = mod.from_dict(ck.config["config"])
+    click.echo(f"resuming {out} at step {ck.step} of {cfg.steps}", err=True)
+    return cfg
 
 
 @contextlib.contextmanager

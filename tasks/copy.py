@@ -18,17 +18,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from mincore.autograd import F, nn, no_grad, ops, optim, primitive
 
 import mincore
+from mincore.autograd import F, nn, no_grad, ops, optim, primitive
 from mincore.backend import get_array_module
 from mincore.layers import min_gru_op, min_lstm_op
 from mincore.models import Block
 
 from . import loop
-from .loop import LoopConfig
+from .config import LoopConfig
 
-__all__ = ["CopyConfig", "PRESETS", "MODELS", "NOISE", "MARKER", "make_batch", "CopyModel", "CopyTask"]
+__all__ = ["CopyConfig", "PRESETS", "MODELS", "THREADS", "OPTIONS", "NOISE", "MARKER", "make_batch", "CopyModel",
+           "CopyTask", "Task", "config", "from_dict", "train", "describe"]
 
 NOISE, MARKER = 15, 0  # the official data's tokens; data tokens are 1 .. vocab - 2
 MODELS = ("mingru", "minlstm")
@@ -36,7 +37,7 @@ MODELS = ("mingru", "minlstm")
 # steps x width 384), so a second thread mostly adds synchronisation (300 steps: 33 s on one thread, 84 s
 # on two, shared 2-core machine)
 THREADS = 1
-GPU_ENGINES = ("cupy", "numba-cuda")
+OPTIONS = ()  # no settings of its own on the `mincore train` command line
 
 
 @dataclass(frozen=True)
@@ -168,16 +169,9 @@ class CopyTask:
     def __init__(self, cfg: CopyConfig):
         cfg.validate()
         self.cfg = cfg
-        self.model = CopyModel(cfg)
-        self.xp = np
-        if cfg.engine in GPU_ENGINES:  # GPU engines take CuPy arrays: parameters and batches move there
-            import cupy
-
-            self.xp = cupy
-            self.model.to(cupy)
-        x, y = make_batch(np.random.default_rng((cfg.eval_seed, 2)), cfg.eval_size, cfg.seq_len, cfg.n_data,
-                          cfg.vocab)
-        self.eval_x, self.eval_y = self.xp.asarray(x), self.xp.asarray(y)
+        self.model, self.xp = CopyModel(cfg), np
+        self.eval_x, self.eval_y = make_batch(np.random.default_rng((cfg.eval_seed, 2)), cfg.eval_size, cfg.seq_len,
+                                              cfg.n_data, cfg.vocab)
 
     def param_groups(self):
         # no decay on biases, norm gains and the recurrent layers' gate projections (to_hidden:
@@ -202,7 +196,7 @@ class CopyTask:
         fraction of sequences copied without a mistake."""
         c, nll, hits, whole = self.cfg, 0.0, 0, 0
         for i in range(0, c.eval_size, c.eval_batch):
-            x, y = self.eval_x[i:i + c.eval_batch], self.eval_y[i:i + c.eval_batch]
+            x, y = (self.xp.asarray(a[i:i + c.eval_batch]) for a in (self.eval_x, self.eval_y))
             logits = self.model(x, c.n_data)
             nll += float(F.cross_entropy(logits, y).item()) * y.size
             right = logits.data.argmax(-1) == y
@@ -211,20 +205,5 @@ class CopyTask:
         return {"loss": nll / n, "accuracy": hits / n, "sequence_accuracy": whole / c.eval_size}
 
 
-def config(preset: str = "default", **overrides) -> CopyConfig:
-    """A preset with some fields replaced (None values are ignored)."""
-    return loop.preset_config(PRESETS, preset, **overrides)
-
-
-def from_dict(d: dict) -> CopyConfig:
-    """The Config saved in config.json / a checkpoint."""
-    return loop.config_from_dict(CopyConfig, d, "copy")
-
-
 Task = CopyTask
-
-
-def train(cfg: CopyConfig, out="runs/copy", *, resume: bool = False, progress: bool = True) -> dict:
-    """Train the selective-copying model; files go to `out` (see mincore.tasks.loop)."""
-    return loop.train(CopyTask(cfg), cfg, out, task_name="copy", resume=resume, progress=progress,
-                      extra={"model": cfg.model})
+config, from_dict, train, describe = loop.task_functions("copy", CopyConfig, PRESETS, CopyTask)

@@ -1,129 +1,244 @@
-"""The one training loop every task shares (copy, shakespeare, rl): read it top to bottom.
+"""The one training loop every task shares (copy, shakespeare, rl): read `train` top to bottom.
 
-A task is an object with
-    model                     a mincore.autograd Module
-    metric, higher_is_better  the held-out number early stopping and the progress bar watch
-    param_groups()            AdamW parameter groups (which parameters decay)
-    batch(rng, size)          a training batch drawn from the numpy Generator `rng`
-    loss(batch)               (scalar loss Tensor, {name: float} training metrics)
-    evaluate()                {name: float} on the fixed held-out set, "loss" included; no RNG use
-and its Config derives from LoopConfig below. Files written to `out`:
-    config.json    the run's settings          metrics.jsonl  one JSON object per event
-    checkpoint.h5  at each eval and on Ctrl-C  summary.json   final held-out metrics, steps, time
-    learning_curve.png
-Resuming restores parameters, AdamW moments, the step, the data Generator and every dropout
-Generator, so on the CPU a resumed run is bit-identical to an uninterrupted one.
+A task (the contract in mincore.tasks) is trained on the arrays its engine takes: `place` moves the
+model there and sets task.xp (numpy or cupy, from the engine table), so a task builds everything on
+the host and moves batches with task.xp (`to_device` for a dict of arrays). Files written to `out`
+are those of tasks/rundir.py. Resuming restores parameters, AdamW moments, the step, the data
+Generator and every dropout Generator, so on the CPU a resumed run is bit-identical to an
+uninterrupted one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
-import os
-import platform
 import signal
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 
 import numpy as np
+
 from mincore.autograd import load_checkpoint, optim, save_checkpoint
+from mincore.backend import engine_array_module, get_array_module, resolve_engine
 
-__all__ = ["LoopConfig", "NonFiniteLoss", "train", "FILES"]
+from .config import LoopConfig, config_from_dict, preset_config
+from .rundir import FILES, RunDir, machine, plot_curves
 
-FILES = ("config.json", "metrics.jsonl", "checkpoint.h5", "summary.json", "learning_curve.png")
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    steps: int = 1000                   # optimizer steps (the cosine schedule ends here)
-    batch_size: int = 64                # sequences per optimizer step
-    micro_batch: int = 0                # sequences per forward/backward (0 or >= batch: whole batch)
-    lr: float = 1e-3                    # peak AdamW learning rate
-    warmup: int = 100                   # linear warmup steps, then cosine decay to lr * min_lr_factor
-    min_lr_factor: float = 0.0          # final lr as a fraction of the peak
-    weight_decay: float = 0.05          # decoupled decay on weight matrices (task decides which)
-    betas: tuple = (0.9, 0.999)         # AdamW moment decay rates
-    clip: float = 1.0                   # global gradient-norm clip (0: off)
-    eval_every: int = 250               # evaluate + checkpoint every this many steps (and at the end)
-    log_every: int = 10                 # training metrics to metrics.jsonl every this many steps
-    patience: int = 0                   # stop after this many evals without improvement (0: never)
-    seed: int = 0                       # model init, dropout and training data
-    engine: str | None = None           # kernel engine (None: numba on CPU, cupy on GPU)
-
-    def validate(self):
-        for name in ("steps", "batch_size", "eval_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        mb = min(self.micro_batch or self.batch_size, self.batch_size)
-        if mb < 1 or self.batch_size % mb:
-            raise ValueError(f"micro_batch {self.micro_batch} must divide batch_size {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
-
-
-def preset_config(presets: dict, preset: str, **overrides):
-    """presets[preset] with the given fields replaced (None values are ignored)."""
-    if preset not in presets:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {', '.join(presets)}")
-    return dataclasses.replace(presets[preset], **{k: v for k, v in overrides.items() if v is not None})
-
-
-def config_from_dict(cls, d: dict, task: str):
-    """The Config saved in config.json / a checkpoint (JSON lists back to tuples); unknown fields refused."""
-    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise ValueError(f"unknown {task}-task config fields {unknown}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+__all__ = ["LoopConfig", "NonFiniteLoss", "train", "FILES", "place", "to_device", "to_host", "describe",
+           "task_functions", "preset_config", "config_from_dict"]
 
 
 class NonFiniteLoss(RuntimeError):
     """Raised after a clean stop on a NaN/inf loss or gradient; the last good checkpoint is kept."""
 
 
+# ------------------------------------------------------------------------------ where arrays live
+def place(model, engine: str | None):
+    """Move `model` to the arrays `engine` takes (mincore.backend.engine_array_module); that module.
+    The one place a model goes to its device: training, evaluation and generation all call it."""
+    xp = engine_array_module(engine)
+    model.to(xp)
+    return xp
+
+
+def to_device(batch, xp):
+    """An array, or a dict / tuple / list of them, as arrays of module `xp`."""
+    if isinstance(batch, dict):
+        return {k: to_device(v, xp) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(v, xp) for v in batch)
+    return xp.asarray(batch)
+
+
+def to_host(a) -> np.ndarray:
+    """A NumPy array of `a` (CuPy arrays are copied off the device)."""
+    return a.get() if get_array_module(a) is not np else np.asarray(a)
+
+
+# ------------------------------------------------------------------------------ the loop
+def train(task, cfg, out, *, task_name: str, resume: bool = False, progress: bool = True,
+          extra: dict | None = None, report: Callable[[dict], dict] | None = None) -> dict:
+    """Train `task` with `cfg` (a LoopConfig subclass) into directory `out`; returns the summary.
+    `extra`: more keys for config.json, checkpoints and summary.json (task.meta() gives the task's
+    own); `report(summary)`: more keys for summary.json, computed after training (rl: scores)."""
+    cfg.validate()
+    task.xp = place(task.model, cfg.engine)
+    run = _Training(task, cfg, out, _meta(task, cfg, task_name, extra))
+    run.resume() if resume else run.files.clear()
+    run.start()
+    status = run.steps(progress)
+    if status == "interrupted":
+        return run.interrupted()
+    return run.finish(status, report)
+
+
+def _meta(task, cfg, task_name, extra) -> dict:
+    model = {"model": cfg.model} if hasattr(cfg, "model") else {}
+    own = task.meta() if hasattr(task, "meta") else {}
+    return {"task": task_name, "config": dataclasses.asdict(cfg), **model, **own, **(extra or {})}
+
+
+class _Training:
+    """One run: the optimizer, the data Generator and what a checkpoint keeps besides them."""
+
+    def __init__(self, task, cfg, out, meta):
+        self.task, self.cfg, self.meta, self.model = task, cfg, meta, task.model
+        self.files = RunDir(out)
+        self.opt = optim.AdamW(task.param_groups(), lr=cfg.lr, betas=tuple(cfg.betas))
+        self.data_rng = np.random.default_rng((cfg.seed, 1))  # model init uses (seed); data its own stream
+        self.step, self.wall0, self.best, self.bad_evals = 0, 0.0, None, 0
+        self.last_eval, self.ev = None, {}  # the step of the latest evaluation, and its metrics
+        # gradients accumulate over micro-batches of batch_size / n_micro sequences
+        self.n_micro = cfg.batch_size // min(cfg.micro_batch or cfg.batch_size, cfg.batch_size)
+
+    def resume(self):
+        """Continue from the run's checkpoint; events after it are dropped (the steps run again)."""
+        ck = load_checkpoint(self.files.checkpoint, self.model, self.opt, self.data_rng)
+        loop = ck.config["loop"]
+        for g, s in zip(_rngs(self.model), loop["rngs"], strict=True):
+            g.bit_generator.state = s
+        self.step, self.wall0 = ck.step, loop["wall_seconds"]
+        self.best, self.bad_evals = loop["best"], loop["bad_evals"]
+        self.files.keep_events_until(self.step)
+
+    def start(self):
+        self.files.write_json(self.files.config, {**self.meta, "parameters": self.model.num_parameters(),
+                                                  "machine": machine()})
+        self.t0 = time.perf_counter()
+
+    def wall(self) -> float:
+        return self.wall0 + time.perf_counter() - self.t0
+
+    def steps(self, progress) -> str:
+        """Optimizer steps until cfg.steps, Ctrl-C or early stopping; the run's status."""
+        from tqdm.auto import tqdm
+
+        cfg, status, acc = self.cfg, "completed", {}
+        bar = tqdm(total=cfg.steps, initial=self.step, unit="step", disable=not progress, dynamic_ncols=True,
+                   desc=f"{self.meta['task']} {getattr(cfg, 'model', '')}".strip())
+        self.model.train()
+        try:
+            with _sigint_flag() as flag:
+                while self.step < cfg.steps:
+                    self.schedule()
+                    acc = _add(acc, self.optimizer_step())
+                    bar.update(1)
+                    last = self.step == cfg.steps
+                    if self.step % cfg.log_every == 0 or self.step % cfg.eval_every == 0 or last or flag["stop"]:
+                        self.log_train(acc, bar)
+                        acc = {}
+                    if (self.step % cfg.eval_every == 0 or last) and self.evaluate_and_checkpoint(bar):
+                        status = "early-stopped"
+                        break
+                    if flag["stop"]:
+                        status = "interrupted"
+                        break
+        finally:
+            bar.close()
+        return status
+
+    def schedule(self):
+        """Linear warmup, then cosine decay to min_lr_factor (optim.warmup_cosine)."""
+        c = self.cfg
+        self.opt.set_lr_factor(optim.warmup_cosine(self.step, c.warmup, c.steps, c.min_lr_factor))
+
+    def optimizer_step(self) -> dict:
+        """One AdamW step on batch_size sequences (as n_micro micro-batches): the mean training metrics."""
+        task, n = self.task, self.n_micro
+        self.opt.zero_grad()
+        sums = {}
+        for _ in range(n):
+            loss, metrics = task.loss(task.batch(self.data_rng, self.cfg.batch_size // n))
+            (loss * (1.0 / n)).backward() if n > 1 else loss.backward()
+            for k, v in {"loss": float(loss.item()), **metrics}.items():
+                sums[k] = sums.get(k, 0.0) + v / n
+        norm = optim.clip_grad_norm(self.model.parameters(), self.cfg.clip if self.cfg.clip > 0 else math.inf)
+        if not (math.isfinite(sums["loss"]) and math.isfinite(norm)):
+            self.stop_non_finite(sums["loss"], norm)
+        self.opt.step()
+        self.step += 1
+        return sums
+
+    def stop_non_finite(self, loss, norm):
+        self.files.log(step=self.step + 1, split="train", event="non-finite", loss=loss, grad_norm=norm)
+        kept = (f"last good checkpoint {self.files.checkpoint} (step {self.last_eval})" if self.last_eval is not None
+                else "no checkpoint was written yet")
+        raise NonFiniteLoss(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'} at step "
+                            f"{self.step + 1}; training stopped; {kept}")
+
+    def log_train(self, acc, bar):
+        """The mean training metrics since the last log line, to metrics.jsonl and the progress bar."""
+        n = acc.pop("n")
+        mean = {k: v / n for k, v in acc.items()}
+        self.files.log(step=self.step, split="train", **mean, lr=self.opt.param_groups[0]["lr"],
+                       wall=round(self.wall(), 3))
+        shown = {k: f"{v:.3g}" for k, v in mean.items()}
+        if self.last_eval is not None:
+            shown[f"eval_{self.task.metric}"] = f"{self.ev[self.task.metric]:.3g}"
+        bar.set_postfix(shown, refresh=False)
+
+    def evaluate(self) -> dict:
+        """The task's held-out metrics (model in eval mode), logged."""
+        self.model.eval()
+        metrics = self.task.evaluate()
+        self.model.train()
+        self.files.log(step=self.step, split="eval", **metrics, lr=self.opt.param_groups[0]["lr"],
+                       wall=round(self.wall(), 3))
+        return metrics
+
+    def evaluate_and_checkpoint(self, bar) -> bool:
+        """Evaluate, track the best score, checkpoint; True when patience says stop."""
+        self.ev, self.last_eval = self.evaluate(), self.step
+        score = self.ev[self.task.metric] if self.task.higher_is_better else -self.ev[self.task.metric]
+        if self.best is None or score > self.best:
+            self.best, self.bad_evals = score, 0
+        else:
+            self.bad_evals += 1
+        bar.write(f"step {self.step}: " + "  ".join(f"held-out {k} {v:.4g}" for k, v in self.ev.items()))
+        self.checkpoint()
+        return bool(self.cfg.patience and self.bad_evals >= self.cfg.patience)
+
+    def checkpoint(self):
+        loop = {"rngs": [g.bit_generator.state for g in _rngs(self.model)], "wall_seconds": self.wall(),
+                "best": self.best, "bad_evals": self.bad_evals}
+        save_checkpoint(self.files.checkpoint, self.model, self.opt, step=self.step, rng=self.data_rng,
+                        config={**self.meta, "loop": loop})
+
+    def interrupted(self) -> dict:
+        """Ctrl-C: a checkpoint of this step (unless its evaluation just wrote one), no summary."""
+        if self.last_eval != self.step:
+            self.checkpoint()
+        self.files.log(step=self.step, split="train", event="interrupted", wall=round(self.wall(), 3))
+        return {"status": "interrupted", "steps": self.step, "wall_seconds": self.wall()}
+
+    def finish(self, status, report) -> dict:
+        """Final held-out metrics (the last evaluation when it was this step), summary.json, the plot."""
+        final = self.ev if self.last_eval == self.step else self.evaluate()
+        if self.last_eval != self.step:
+            self.checkpoint()
+        summary = {**self.meta, "status": status, **final, "steps": self.step,
+                   "wall_seconds": round(self.wall(), 3), "parameters": self.model.num_parameters(),
+                   "engine": _engine_name(self.cfg.engine), "machine": machine()}
+        if report is not None:
+            summary.update(report(summary))
+        self.files.write_json(self.files.summary, summary)
+        plot_curves(self.files.events(), self.files.learning_curve, self.task.metric,
+                    title=f"{self.meta['task']} {self.meta.get('model', '')}")
+        return summary
+
+
+def _add(acc: dict, sums: dict) -> dict:
+    """Training metrics summed over the steps since the last log line; "n" counts the steps."""
+    for k, v in sums.items():
+        acc[k] = acc.get(k, 0.0) + v
+    acc["n"] = acc.get("n", 0) + 1
+    return acc
+
+
 def _rngs(model):
     """The Generators of every module that draws random numbers (dropout), in module order."""
     return [m.rng for m in model.modules() if isinstance(getattr(m, "rng", None), np.random.Generator)]
-
-
-def machine() -> dict:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        import numba
-
-        threads = numba.get_num_threads()
-    except Exception:  # pragma: no cover - numba is a dependency
-        threads = None
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": cpus, "numba_threads": threads, "python": platform.python_version(),
-            "numpy": np.__version__}
-
-
-class _Run:
-    """Files of one run directory."""
-
-    def __init__(self, out):
-        self.dir = Path(out)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for name in FILES:
-            setattr(self, name.split(".")[0], self.dir / name)
-
-    def log(self, **event):
-        with open(self.metrics, "a") as f:
-            f.write(json.dumps(event) + "\n")
-
-    def events(self):
-        if not self.metrics.exists():
-            return []
-        with open(self.metrics) as f:
-            return [json.loads(line) for line in f if line.strip()]
-
-    def write_json(self, path, obj):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(obj, indent=1) + "\n")
-        os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -147,160 +262,43 @@ def _sigint_flag():
         signal.signal(signal.SIGINT, prev)
 
 
-def train(task, cfg, out, *, task_name: str, resume: bool = False, progress: bool = True,
-          extra: dict | None = None) -> dict:
-    """Train `task` with `cfg` (a LoopConfig subclass) into directory `out`; returns the summary."""
-    from tqdm.auto import tqdm
-
-    cfg.validate()
-    run, model = _Run(out), task.model
-    opt = optim.AdamW(task.param_groups(), lr=cfg.lr, betas=tuple(cfg.betas))
-    data_rng = np.random.default_rng((cfg.seed, 1))  # model init uses (seed); data its own stream
-    meta = {"task": task_name, "config": dataclasses.asdict(cfg), **(extra or {})}
-    step, wall0, best, bad_evals = 0, 0.0, None, 0
-    if resume:
-        ck = load_checkpoint(run.checkpoint, model, opt, data_rng)
-        for g, s in zip(_rngs(model), ck.config["loop"]["rngs"], strict=True):
-            g.bit_generator.state = s
-        step, loop = ck.step, ck.config["loop"]
-        wall0, best, bad_evals = loop["wall_seconds"], loop["best"], loop["bad_evals"]
-        kept = [e for e in run.events() if e["step"] <= step]  # drop events after the checkpoint
-        run.metrics.write_text("".join(json.dumps(e) + "\n" for e in kept))
-    else:
-        for p in (run.metrics, run.summary, run.learning_curve, run.checkpoint):
-            p.unlink(missing_ok=True)
-    n_params = model.num_parameters()
-    run.write_json(run.config, {**meta, "parameters": n_params, "machine": machine()})
-
-    t0 = time.perf_counter()
-    wall = lambda: wall0 + time.perf_counter() - t0  # noqa: E731
-
-    def checkpoint():
-        loop = {"rngs": [g.bit_generator.state for g in _rngs(model)], "wall_seconds": wall(),
-                "best": best, "bad_evals": bad_evals}
-        save_checkpoint(run.checkpoint, model, opt, step=step, rng=data_rng, config={**meta, "loop": loop})
-
-    def evaluate():
-        model.eval()
-        metrics = task.evaluate()
-        model.train()
-        run.log(step=step, split="eval", **metrics, lr=opt.param_groups[0]["lr"], wall=round(wall(), 3))
-        return metrics
-
-    n_micro = cfg.batch_size // min(cfg.micro_batch or cfg.batch_size, cfg.batch_size)  # grads accumulate
-    status, last_eval, acc, ev = "completed", None, {}, {}
-    bar = tqdm(total=cfg.steps, initial=step, unit="step", disable=not progress, dynamic_ncols=True,
-               desc=f"{task_name} {getattr(cfg, 'model', '')}".strip())
-    model.train()
-    with _sigint_flag() as flag:
-        while step < cfg.steps:
-            opt.set_lr_factor(optim.warmup_cosine(step, cfg.warmup, cfg.steps, cfg.min_lr_factor))
-            opt.zero_grad()
-            sums = {}
-            for _ in range(n_micro):
-                loss, metrics = task.loss(task.batch(data_rng, cfg.batch_size // n_micro))
-                (loss * (1.0 / n_micro)).backward() if n_micro > 1 else loss.backward()
-                for k, v in {"loss": float(loss.item()), **metrics}.items():
-                    sums[k] = sums.get(k, 0.0) + v / n_micro
-            norm = optim.clip_grad_norm(model.parameters(), cfg.clip if cfg.clip > 0 else math.inf)
-            if not (math.isfinite(sums["loss"]) and math.isfinite(norm)):
-                bar.close()
-                run.log(step=step + 1, split="train", event="non-finite", loss=sums["loss"], grad_norm=norm)
-                kept = f"last good checkpoint {run.checkpoint} (step {last_eval})" if last_eval is not None \
-                    else "no checkpoint was written yet"
-                raise NonFiniteLoss(f"non-finite {'loss' if not math.isfinite(sums['loss']) else 'gradient'} "
-                                    f"at step {step + 1}; training stopped; {kept}")
-            opt.step()
-            step += 1
-            bar.update(1)
-            for k, v in sums.items():
-                acc[k] = acc.get(k, 0.0) + v
-            acc["n"] = acc.get("n", 0) + 1
-            if step % cfg.log_every == 0 or step % cfg.eval_every == 0 or step == cfg.steps or flag["stop"]:
-                n = acc.pop("n")
-                mean = {k: v / n for k, v in acc.items()}
-                run.log(step=step, split="train", **mean, lr=opt.param_groups[0]["lr"], wall=round(wall(), 3))
-                shown = {k: f"{v:.3g}" for k, v in mean.items()}
-                if last_eval is not None:
-                    shown[f"eval_{task.metric}"] = f"{ev[task.metric]:.3g}"
-                bar.set_postfix(shown, refresh=False)
-                acc = {}
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                ev = evaluate()
-                last_eval = step
-                score = ev[task.metric] if task.higher_is_better else -ev[task.metric]
-                if best is None or score > best:
-                    best, bad_evals = score, 0
-                else:
-                    bad_evals += 1
-                bar.write(f"step {step}: " + "  ".join(f"held-out {k} {v:.4g}" for k, v in ev.items()))
-                checkpoint()
-                if cfg.patience and bad_evals >= cfg.patience:
-                    status = "early-stopped"
-                    break
-            if flag["stop"]:
-                status = "interrupted"
-                break
-    bar.close()
-    if status == "interrupted":
-        if last_eval != step:
-            checkpoint()
-        run.log(step=step, split="train", event="interrupted", wall=round(wall(), 3))
-        return {"status": status, "steps": step, "wall_seconds": wall()}
-    final = ev if last_eval == step else evaluate()
-    if last_eval != step:
-        checkpoint()
-    summary = {**meta, "status": status, **final, "steps": step, "wall_seconds": round(wall(), 3),
-               "parameters": n_params, "engine": _engine_name(cfg.engine), "machine": machine()}
-    run.write_json(run.summary, summary)
-    plot_curves(run.events(), run.learning_curve, task.metric, title=f"{task_name} {meta.get('model', '')}")
-    return summary
-
-
 def _engine_name(engine):
-    from mincore.backend import resolve_engine
-
     try:
         return engine or resolve_engine(None, np)
     except Exception:  # pragma: no cover - reporting only
         return str(engine)
 
 
-def plot_curves(events, path, metric, title=""):
-    """Loss (train and held-out) against steps, and the task metric against steps, as a PNG
-    (matplotlib, Agg). When the metric is the loss itself, the second panel shows every held-out
-    figure (e.g. Shakespeare's loss and stateful_loss) against wall-clock minutes instead."""
-    import matplotlib
+# ------------------------------------------------------------------------------ task-module helpers
+def describe(summary: dict, metric: str) -> str:
+    """A finished run in one line: task, model, the held-out `metric` (and the loss when the metric is
+    another figure), steps, time, status."""
+    s, wall = summary, summary["wall_seconds"]
+    loss = f" (loss {s['loss']:.4f})" if metric != "loss" else ""
+    took = f"{int(wall // 60)}m{wall % 60:04.1f}s" if wall >= 60 else f"{wall:.1f}s"
+    return (f"{s['task']} {s.get('model', '')}: held-out {metric} {s[metric]:.4f}{loss} after {s['steps']} "
+            f"steps in {took} [{s['status']}]")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    panels = [(axes[0], "loss", "step")]
-    if metric != "loss":
-        panels.append((axes[1], metric, "step"))
-    for ax, key, _ in panels:
-        for split, style in (("train", "-"), ("eval", "o-")):
-            pts = [(e["step"], e[key]) for e in events if e.get("split") == split and key in e
-                   and "event" not in e]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), style, ms=3, label="held-out" if split == "eval" else split)
-    if metric == "loss":
-        evals = [e for e in events if e.get("split") == "eval" and "event" not in e and "wall" in e]
-        keys = [k for k in (evals[0] if evals else {}) if k not in ("step", "split", "lr", "wall")]
-        for key in keys:
-            pts = [(e["wall"] / 60, e[key]) for e in evals if isinstance(e.get(key), (int, float))]
-            if pts:
-                axes[1].plot(*zip(*pts, strict=True), "o-", ms=3, label=f"held-out {key}")
-        panels.append((axes[1], "held-out loss", "wall-clock minutes"))
-    for ax, key, xlabel in panels:
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(key)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
-    axes[0].set_yscale("log")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def task_functions(name: str, config_cls, presets: dict, task_cls):
+    """config, from_dict, train and describe of a task module (the contract in mincore.tasks), the
+    same for every task whose Task(cfg) is all that training needs."""
+    def config(preset: str = "default", **overrides):
+        """A preset with some fields replaced (None values are ignored)."""
+        return preset_config(presets, preset, **overrides)
+
+    def from_dict(d: dict):
+        """The Config saved in config.json / a checkpoint."""
+        return config_from_dict(config_cls, d, name)
+
+    def train_task(cfg, out=f"runs/{name}", *, resume: bool = False, progress: bool = True) -> dict:
+        """Train the task into `out` (files: mincore.tasks.rundir); returns the summary."""
+        return train(task_cls(cfg), cfg, out, task_name=name, resume=resume, progress=progress)
+
+    def describe_run(summary: dict) -> str:
+        """The finished run in words (`mincore train` prints it)."""
+        return describe(summary, task_cls.metric)
+
+    train_task.__name__ = train_task.__qualname__ = "train"
+    describe_run.__name__ = describe_run.__qualname__ = "describe"
+    return config, from_dict, train_task, describe_run

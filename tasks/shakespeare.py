@@ -22,23 +22,24 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-from mincore.autograd import F, no_grad
 
+from mincore.autograd import F, no_grad
 from mincore.models import SequenceModel
 
-from . import loop
+from . import Option, loop
 from .chardata import CORPUS_NAME, CORPUS_SHA256, CORPUS_URL, Vocab, corpus_path, load_text, sha256, split
-from .loop import LoopConfig
+from .config import LoopConfig
 
-__all__ = ["ShakespeareConfig", "PRESETS", "MODELS", "CORPUS_URL", "CORPUS_SHA256", "CORPUS_NAME", "Vocab",
-           "corpus_path", "load_text", "split", "build_model", "ShakespeareTask", "config", "from_dict", "train"]
+__all__ = ["ShakespeareConfig", "PRESETS", "MODELS", "THREADS", "OPTIONS", "CORPUS_URL", "CORPUS_SHA256",
+           "CORPUS_NAME", "Vocab", "corpus_path", "load_text", "split", "build_model", "ShakespeareTask", "Task",
+           "config", "from_dict", "train", "describe", "load_model", "generate"]
 
 MODELS = ("mingru", "minlstm")
 # CPU threads `mincore train` uses unless --threads says otherwise (None: all cores). The default
 # preset's GEMMs (4096 x 128 x 512) scale: 0.30-0.35 s per step on 2 threads against 0.39-0.44 on one
 # (2-core machine, docs/SHAKESPEARE.md).
 THREADS = None
-GPU_ENGINES = ("cupy", "numba-cuda")
+OPTIONS = (Option("data", "a UTF-8 text file [default: tiny-shakespeare, downloaded once].", file=True),)
 
 
 @dataclass(frozen=True)
@@ -105,13 +106,7 @@ class ShakespeareTask:
         self.train_ids, self.test_ids = split(self.vocab.encode(text))
         if len(self.train_ids) < cfg.context + 2 or len(self.test_ids) < 2:
             raise ValueError(f"text of {len(text)} characters is too short for context {cfg.context}")
-        self.model = build_model(cfg, len(self.vocab))
-        self.xp = np
-        if cfg.engine in GPU_ENGINES:
-            import cupy
-
-            self.xp = cupy
-            self.model.to(cupy)
+        self.model, self.xp = build_model(cfg, len(self.vocab)), np
 
     def param_groups(self):
         return self.model.param_groups(self.cfg.weight_decay)
@@ -163,28 +158,15 @@ class ShakespeareTask:
             out["stateful_loss"] = self.stateful_loss()
         return out
 
+    def meta(self) -> dict:
+        """The vocabulary (generation needs it) and which text, with its sha256, for config.json and
+        every checkpoint."""
+        source = corpus_path(self.cfg.data)
+        return {"vocab": self.vocab.chars, "data": str(source), "data_sha256": sha256(source.read_bytes())}
+
 
 Task = ShakespeareTask
-
-
-def config(preset: str = "default", **overrides) -> ShakespeareConfig:
-    """A preset with some fields replaced (None values are ignored)."""
-    return loop.preset_config(PRESETS, preset, **overrides)
-
-
-def from_dict(d: dict) -> ShakespeareConfig:
-    """The Config saved in config.json / a checkpoint."""
-    return loop.config_from_dict(ShakespeareConfig, d, "shakespeare")
-
-
-def train(cfg: ShakespeareConfig, out="runs/shakespeare", *, resume: bool = False, progress: bool = True) -> dict:
-    """Train the character-level model; files go to `out` (see mincore.tasks.loop). The vocabulary
-    and the data's sha256 go into config.json and every checkpoint."""
-    task = ShakespeareTask(cfg)
-    source = corpus_path(cfg.data)
-    extra = {"model": cfg.model, "vocab": task.vocab.chars, "data": str(source),
-             "data_sha256": sha256(source.read_bytes())}
-    return loop.train(task, cfg, out, task_name="shakespeare", resume=resume, progress=progress, extra=extra)
+config, from_dict, train, describe = loop.task_functions("shakespeare", ShakespeareConfig, PRESETS, ShakespeareTask)
 
 
 # ------------------------------------------------------------------------------ generation
@@ -199,11 +181,8 @@ def load_model(path, engine: str | None = None):
     cfg = dataclasses.replace(from_dict(meta["config"]), engine=engine)
     vocab = Vocab(meta["vocab"])
     model = build_model(cfg, len(vocab))
+    loop.place(model, engine)
     model.load_state_dict(ck.params)
-    if engine in GPU_ENGINES:
-        import cupy
-
-        model.to(cupy)
     return model.eval(), vocab, {**meta, "step": ck.step}
 
 
@@ -230,11 +209,10 @@ def generate(model, vocab: Vocab, prompt: str, tokens: int, *, temperature: floa
         raise ValueError("prompt: expected at least one character")
     rng = np.random.default_rng(seed)
     xp = model.embed.weight.xp
-    host = (lambda a: a.get()) if xp is not np else (lambda a: a)  # noqa: E731
     logits, state = model(xp.asarray(vocab.encode(prompt)[None]))
-    last = host(logits.data[0, -1])
+    last = loop.to_host(logits.data[0, -1])
     for _ in range(tokens):
         tok = _sample(last, rng, temperature, top_k)
         yield vocab.chars[tok]
         logits, state = model.step(xp.asarray([tok]), state)
-        last = host(logits.data[0])
+        last = loop.to_host(logits.data[0])

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from mincore.autograd import F
+from mincore.models import SequenceModel
 from mincore.tasks import copy as C
 from mincore.tasks import get_task
-
-from mincore.models import SequenceModel
 
 
 @given(size=st.integers(1, 6), n=st.integers(1, 8), extra=st.integers(0, 20), seed=st.integers(0, 2**32))

@@ -8,9 +8,13 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from mincore.cli.main import main
-from mincore.tasks import rl, rl_collect, rl_data, rl_eval
-from mincore.tasks.rl_model import DecisionRNN
+from mincore.tasks import rl
+from mincore.tasks.rl import collect as rl_collect
+from mincore.tasks.rl import data as rl_data
+from mincore.tasks.rl import eval as rl_eval
+from mincore.tasks.rl.model import DecisionRNN
 
 try:
     rl_collect.require_gym()

@@ -3,7 +3,8 @@
 import h5py
 import numpy as np
 import pytest
-from mincore.tasks import rl_data
+
+from mincore.tasks.rl import data as rl_data
 
 
 def _write(path, n=10, obs=3, act=2, column=False, **change):

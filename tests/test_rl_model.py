@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+
 from mincore.autograd import F, optim
-from mincore.tasks.rl_model import BCMLP, DecisionRNN
+from mincore.tasks.rl.model import BCMLP, DecisionRNN
 
 
 def _window(rng, B=3, K=5, obs=4, act=2):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
+
 from mincore.tasks import rl
 
 
@@ -55,7 +56,7 @@ def test_imports_without_gymnasium_and_says_how_to_install(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "gymnasium", None)  # `import gymnasium` now raises ImportError
-    from mincore.tasks import rl_collect
+    from mincore.tasks.rl import collect as rl_collect
 
     with pytest.raises(RuntimeError, match=r"pip install 'mincore\[rl\]'"):
         rl_collect.make_env("hopper")

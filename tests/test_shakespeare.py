@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from mincore.cli.main import main
 from mincore.tasks import shakespeare as S
 
@@ -165,6 +166,7 @@ def test_train_and_generate_through_the_cli(tmp_path, text_file, monkeypatch):
                                   "--batch-size", "4", "--data", str(text_file), "--out", str(out), "--quiet"],
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
+    assert "held-out loss" in r.output and "(loss" not in r.output  # the metric is the loss: said once
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["vocab"] == S.Vocab(small_text()).chars
     assert np.isfinite(summary["loss"]) and np.isfinite(summary["stateful_loss"])

@@ -9,6 +9,7 @@ import signal
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from mincore.autograd import Tensor, load_checkpoint
 from mincore.cli.main import main
 from mincore.tasks import copy as C
@@ -112,6 +113,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, small_ev
     (["train", "--batch-size", "x"], "--batch-size"),
     (["train", "--engine", "fortran"], "--engine"),
     (["train", "--bogus"], "--bogus"),
+    (["train", "--task", "copy", "--data", __file__], "--data is an option of --task shakespeare, not copy"),
     (["eval"], "--checkpoint"),
     (["eval", "--checkpoint", "/no/such/file.h5"], "does not exist"),
 ])

@@ -15,8 +15,8 @@ over one window from a zero state they give the parallel forward's actions (test
 from __future__ import annotations
 
 import numpy as np
-from mincore.autograd import as_tensor, nn, no_grad, ops
 
+from mincore.autograd import as_tensor, nn, no_grad, ops
 from mincore.models import Block
 
 __all__ = ["DecisionRNN", "BCMLP"]

@@ -1,35 +1,45 @@
-"""Offline RL: Decision-minGRU / Decision-minLSTM on D4RL-layout data (Feng et al. 2024, sec. 4.2).
+"""The rl task module: Decision-minGRU / Decision-minLSTM on D4RL-layout data (Feng et al. 2024, sec. 4.2).
 
 train(cfg, out):
  1. data: cfg.dataset (a D4RL-layout HDF5 file: genuine D4RL or `mincore rl collect`), or, when empty,
-    a dataset of cfg.env / cfg.kind collected with tasks/rl_collect.py (cached, reused next time);
+    a dataset of cfg.env / cfg.kind collected with tasks/rl/collect.py (cached, reused next time);
  2. the model (mingru | minlstm | bc) through the shared loop (tasks/loop.py): MSE on actions over
     K-step windows; held-out loss on windows of `val_fraction` of the episodes;
- 3. unless model == "bc", the BC MLP baseline on the same data into out/bc (its own loop run);
- 4. `eval_episodes` simulator rollouts of each (tasks/rl_eval.py); summary.json gains
-    normalized_score, mean_return (+ standard errors), bc_normalized_score, bc_mean_return,
-    dataset_mean_return, dataset_best_return, episodes, wall_seconds (all stages) and dataset.
+ 3. once it is trained, unless model == "bc", the BC MLP baseline on the same data into out/bc (its
+    own loop run), and `eval_episodes` simulator rollouts of each (tasks/rl/eval.py); the loop's
+    summary.json gains normalized_score, mean_return (+ standard errors), bc_normalized_score,
+    bc_mean_return, dataset_mean_return, dataset_best_return, episodes, wall_seconds (all stages)
+    and dataset.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from mincore.autograd import F, no_grad, optim
 
-from . import loop, rl_collect, rl_data, rl_eval
-from .loop import LoopConfig
-from .rl_model import BCMLP, DecisionRNN
+from .. import Option, loop
+from ..config import LoopConfig
+from . import collect as rl_collect
+from . import data as rl_data
+from .eval import BCPolicy, DecisionPolicy, rollouts, score
+from .model import BCMLP, DecisionRNN
 
-__all__ = ["RLConfig", "PRESETS", "MODELS", "RLTask", "config", "from_dict", "train"]
+__all__ = ["RLConfig", "PRESETS", "MODELS", "THREADS", "OPTIONS", "RLTask", "Task", "config", "from_dict", "train",
+           "describe", "collect_config"]
 
 MODELS = ("mingru", "minlstm", "bc")
 THREADS = 1  # CPU threads `mincore train` uses unless --threads says otherwise (small models, as copy)
+OPTIONS = (Option("env", "MuJoCo environment. [default: halfcheetah]", choices=tuple(rl_collect.ENVS)),
+           Option("kind", "dataset kind to collect when no --dataset is given. [default: medium-replay]",
+                  choices=rl_collect.KINDS),
+           Option("dataset", "a D4RL-layout HDF5 file [default: collect one with `mincore rl collect`, cached].",
+                  file=True))
 # Decision Transformer's reward scale for MuJoCo returns-to-go
 REWARD_SCALE = 1000.0
 
@@ -98,6 +108,7 @@ def config(preset: str = "default", **overrides) -> RLConfig:
 
 
 def from_dict(d: dict) -> RLConfig:
+    """The Config saved in config.json / a checkpoint."""
     return loop.config_from_dict(RLConfig, d, "rl")
 
 
@@ -115,7 +126,7 @@ class RLTask:
         cfg.validate()
         if not cfg.dataset and data is None:
             raise ValueError("RLTask: cfg.dataset is empty (train() collects a dataset first)")
-        self.cfg = cfg
+        self.cfg, self.xp = cfg, np
         self.data = data if data is not None else rl_data.load(cfg.dataset)
         n_ep = len(self.data.episodes)
         perm = np.random.default_rng((cfg.seed, 3)).permutation(n_ep)
@@ -142,7 +153,7 @@ class RLTask:
                                   [n for n, p in self.model.named_parameters() if p.no_decay])
 
     def batch(self, rng, size):
-        return self._windows(self.train_data, rng, size)
+        return loop.to_device(self._windows(self.train_data, rng, size), self.xp)
 
     def _predict(self, w):
         if self.cfg.model == "bc":
@@ -154,30 +165,26 @@ class RLTask:
 
     @no_grad()
     def evaluate(self) -> dict:
-        return {"loss": float(F.mse(self._predict(self.val), self.val["actions"],
-                                    mask=self.val["mask"][..., None]).item())}
+        w = loop.to_device(self.val, self.xp)
+        return {"loss": float(F.mse(self._predict(w), w["actions"], mask=w["mask"][..., None]).item())}
+
+    def meta(self) -> dict:
+        return {"env": self.cfg.env, "kind": self.cfg.kind, "dataset": self.cfg.dataset}
 
     def policy(self, target_return):
         d = self.train_data
         if self.cfg.model == "bc":
-            return rl_eval.BCPolicy(self.model, d.state_mean, d.state_std)
-        return rl_eval.DecisionPolicy(self.model, d.state_mean, d.state_std, K=self.cfg.K,
-                                      target_return=target_return, reward_scale=REWARD_SCALE,
-                                      max_timestep=self.cfg.max_timestep, mode=self.cfg.eval_mode)
+            return BCPolicy(self.model, d.state_mean, d.state_std, xp=self.xp)
+        return DecisionPolicy(self.model, d.state_mean, d.state_std, K=self.cfg.K, target_return=target_return,
+                              reward_scale=REWARD_SCALE, max_timestep=self.cfg.max_timestep, mode=self.cfg.eval_mode,
+                              xp=self.xp)
 
 
 Task = RLTask
 
 
-def _fit(cfg, data, out, progress, resume=False):
-    task = RLTask(cfg, data)
-    s = loop.train(task, cfg, out, task_name="rl", resume=resume, progress=progress,
-                   extra={"model": cfg.model, "env": cfg.env, "kind": cfg.kind, "dataset": cfg.dataset})
-    return task, s
-
-
 def train(cfg: RLConfig, out="runs/rl", *, resume: bool = False, progress: bool = True) -> dict:
-    """Collect (or read) the data, train the model and the BC baseline, score both in the simulator."""
+    """Collect (or read) the data, train the model, then the BC baseline, and score both in the simulator."""
     t0 = time.perf_counter()
     cfg.validate()
     rl_collect.require_gym()  # the scores need the simulator: say so before any training
@@ -188,28 +195,45 @@ def train(cfg: RLConfig, out="runs/rl", *, resume: bool = False, progress: bool 
     env = str(data.attrs.get("env", cfg.env))
     if env != cfg.env:
         raise ValueError(f"dataset {cfg.dataset} was collected on {env!r}, but --env is {cfg.env!r}")
-    task, s = _fit(cfg, data, out, progress, resume)
-    if s["status"] == "interrupted":
-        return s
+    task = RLTask(cfg, data)
+
+    def scores(summary: dict) -> dict:  # summary.json's simulator scores, after training
+        return _scores(task, data, out, progress, summary, t0)
+    return loop.train(task, cfg, out, task_name="rl", resume=resume, progress=progress, report=scores)
+
+
+def _scores(task, data, out, progress, summary, t0) -> dict:
+    """Rollouts of the trained model and of the BC baseline (trained here, into out/bc), and the data's
+    own returns, as summary keys."""
+    cfg = task.cfg
     target = cfg.target_return or float(data.returns.max())
-    ret = rl_eval.rollouts(task.policy(target), cfg.env, cfg.eval_episodes, seed=cfg.seed, horizon=cfg.horizon,
-                           progress=progress)
-    res = rl_eval.score(cfg.env, ret)
+    ret = rollouts(task.policy(target), cfg.env, cfg.eval_episodes, seed=cfg.seed, horizon=cfg.horizon,
+                   progress=progress)
+    res = score(cfg.env, ret)
     if cfg.model != "bc":
         bc_cfg = dataclasses.replace(cfg, model="bc", steps=cfg.bc_steps or cfg.steps)
-        bc_task, _ = _fit(bc_cfg, data, Path(out) / "bc", progress)
-        bc = rl_eval.score(cfg.env, rl_eval.rollouts(bc_task.policy(target), cfg.env, cfg.eval_episodes,
-                                                     seed=cfg.seed, horizon=cfg.horizon, progress=progress))
+        bc_task = RLTask(bc_cfg, data)
+        loop.train(bc_task, bc_cfg, Path(out) / "bc", task_name="rl", progress=progress)
+        bc = score(cfg.env, rollouts(bc_task.policy(target), cfg.env, cfg.eval_episodes, seed=cfg.seed,
+                                     horizon=cfg.horizon, progress=progress))
     else:
         bc = res
     ds = data.summary()
-    s.update(res, bc_normalized_score=bc["normalized_score"], bc_normalized_stderr=bc["normalized_stderr"],
-             bc_mean_return=bc["mean_return"], dataset_mean_return=ds["mean_return"],
-             dataset_best_return=ds["best_return"],
-             dataset_normalized_score=float(rl_data.normalized_score(cfg.env, ds["mean_return"])),
-             dataset_episodes=ds["episodes"], dataset_transitions=ds["transitions"], dataset=cfg.dataset,
-             target_return=target, eval_mode=cfg.eval_mode, returns=[float(r) for r in ret],
-             train_wall_seconds=s["wall_seconds"], wall_seconds=round(time.perf_counter() - t0, 3))
-    Path(out, "summary.json").write_text(json.dumps(s, indent=1) + "\n")
-    return s
+    return {**res, "bc_normalized_score": bc["normalized_score"], "bc_normalized_stderr": bc["normalized_stderr"],
+            "bc_mean_return": bc["mean_return"], "dataset_mean_return": ds["mean_return"],
+            "dataset_best_return": ds["best_return"],
+            "dataset_normalized_score": float(rl_data.normalized_score(cfg.env, ds["mean_return"])),
+            "dataset_episodes": ds["episodes"], "dataset_transitions": ds["transitions"], "dataset": cfg.dataset,
+            "target_return": target, "eval_mode": cfg.eval_mode, "returns": [float(r) for r in ret],
+            "train_wall_seconds": summary["wall_seconds"], "wall_seconds": round(time.perf_counter() - t0, 3)}
 
+
+def describe(summary: dict) -> str:
+    """The finished run in words (`mincore train` prints it): held-out loss, then the simulator scores
+    beside the BC baseline's and the data's."""
+    s, line = summary, loop.describe(summary, RLTask.metric)
+    if "normalized_score" not in s:
+        return line
+    return (f"{line}\nnormalised score {s['normalized_score']:.1f} +- {s['normalized_stderr']:.1f} (return "
+            f"{s['mean_return']:.0f}, {s['episodes']} episodes); BC {s['bc_normalized_score']:.1f}; dataset "
+            f"mean return {s['dataset_mean_return']:.0f}, best {s['dataset_best_return']:.0f}")

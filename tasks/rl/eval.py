@@ -9,17 +9,19 @@ Decision-minRNN context (mode):
     "carry"             the recurrent state is carried token by token over the whole episode
                         (act_step / push_action): O(1) work per step, but beyond K steps it conditions
                         on a longer history than any training window.
-Both agree for t < K (tests/test_rl_eval.py). Return-to-go conditioning follows Decision
+Both agree for t < K (tests/test_rl_collect.py). Return-to-go conditioning follows Decision
 Transformer: R_1 = target_return, R_{t+1} = R_t - r_t, fed scaled by 1 / reward_scale.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
 from mincore.autograd import no_grad
 
-from . import rl_data
-from .rl_collect import make_env
+from ..loop import to_device, to_host
+from . import data as rl_data
+from .collect import make_env
 
 __all__ = ["DecisionPolicy", "BCPolicy", "rollouts", "score"]
 
@@ -28,11 +30,12 @@ class DecisionPolicy:
     """Acts with a DecisionRNN; see the module docstring for `mode`."""
 
     def __init__(self, model, state_mean, state_std, *, K=20, target_return=1000.0, reward_scale=1000.0,
-                 max_timestep=1000, mode="window"):
+                 max_timestep=1000, mode="window", xp=np):
         if mode not in ("window", "carry"):
             raise ValueError(f"mode: expected 'window' or 'carry', got {mode!r}")
         self.model, self.mean, self.std, self.K, self.mode = model, state_mean, state_std, K, mode
         self.target, self.scale, self.max_t = target_return, reward_scale, max_timestep
+        self.xp = xp  # the model's arrays (numpy or cupy); observations and actions stay NumPy
 
     def reset(self, n):
         self.t, self.state, self.rtg = 0, None, np.full((n, 1), self.target / self.scale, np.float32)
@@ -44,7 +47,7 @@ class DecisionPolicy:
         n, t = len(s), min(self.t, self.max_t - 1)
         ts = np.full(n, t, np.int64)
         if self.mode == "carry":
-            a, self.state = self.model.act_step(self.rtg, s, ts, self.state)
+            a, self.state = self.model.act_step(*to_device((self.rtg, s, ts), self.xp), self.state)
         else:
             h = self.hist
             h["rtg"].append(self.rtg), h["states"].append(s), h["actions"].append(np.zeros((n, self.model.act_dim),
@@ -53,16 +56,17 @@ class DecisionPolicy:
                 del h[k][:-self.K]
             lo = self.t - len(h["states"]) + 1
             steps = np.minimum(np.arange(lo, self.t + 1), self.max_t - 1)
-            a = self.model(np.stack(h["rtg"], 1), np.stack(h["states"], 1), np.stack(h["actions"], 1),
-                           np.broadcast_to(steps, (n, len(steps)))).data[:, -1]
+            window = (np.stack(h["rtg"], 1), np.stack(h["states"], 1), np.stack(h["actions"], 1),
+                      np.broadcast_to(steps, (n, len(steps))))
+            a = self.model(*to_device(window, self.xp)).data[:, -1]
         self._ts = ts
-        return a
+        return to_host(a)
 
     def observe(self, action, reward):
         """The action taken and the reward received, for the next step's tokens."""
         action = np.asarray(action, np.float32)
         if self.mode == "carry":
-            self.state = self.model.push_action(action, self._ts, self.state)
+            self.state = self.model.push_action(*to_device((action, self._ts), self.xp), self.state)
         else:
             self.hist["actions"][-1] = action
         self.rtg = self.rtg - (np.asarray(reward, np.float32) / self.scale)[:, None]
@@ -70,15 +74,17 @@ class DecisionPolicy:
 
 
 class BCPolicy:
-    def __init__(self, model, state_mean, state_std):
-        self.model, self.mean, self.std = model, state_mean, state_std
+    """Acts with a BCMLP on the normalised observation."""
+
+    def __init__(self, model, state_mean, state_std, *, xp=np):
+        self.model, self.mean, self.std, self.xp = model, state_mean, state_std, xp
 
     def reset(self, n):
         pass
 
     @no_grad()
     def act(self, obs):
-        return self.model(((obs - self.mean) / self.std).astype(np.float32)).data
+        return to_host(self.model(self.xp.asarray(((obs - self.mean) / self.std).astype(np.float32))).data)
 
     def observe(self, action, reward):
         pass

@@ -11,7 +11,7 @@ hopper / walker2d subtract the alive bonus during training, as in the ARS paper)
     medium-replay  every training rollout ARS made up to and including that snapshot's iteration
     medium-expert  medium plus as many transitions from the best snapshot
 Behaviour rollouts add Gaussian action noise (`action_noise`) like D4RL's stochastic SAC policies.
-One ARS run (cached under $MINCORE_CACHE or ~/.cache/mincore/rl) serves all kinds of an env/seed.
+One ARS run (cached in the rl/ folder of mincore.tasks.cache_dir()) serves all kinds of an env/seed.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import rl_data
+from .. import cache_dir as user_cache
+from . import data as rl_data
 
 __all__ = ["ENVS", "KINDS", "CollectConfig", "require_gym", "make_env", "collect", "cache_dir", "train_ars"]
 
@@ -98,7 +99,8 @@ class CollectConfig:
 
 
 def cache_dir() -> Path:
-    d = Path(os.environ.get("MINCORE_CACHE", Path.home() / ".cache" / "mincore")) / "rl"
+    """The rl/ folder of the per-user cache (mincore.tasks.cache_dir), created when missing."""
+    d = user_cache("rl")
     d.mkdir(parents=True, exist_ok=True)
     return d
 
