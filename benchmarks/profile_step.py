@@ -1,44 +1,35 @@
 """Where the time of one training step goes: recurrent kernels, matrix products, everything else.
 
-The model is the selective-copying one (Feng et al. 2024, sec. 4.1): vocabulary 16, 3 layers,
-d_model 64, expansion 6, RMSNorm pre-norm residual blocks, dropout 0.1, AdamW with weight-decay groups,
-clipping at 1.0; loss on the last 16 positions only. One step = forward + cross entropy + backward +
-clip + AdamW. Timers wrap the kernel calls (mincore.cells as called by mincore.layers) and every matrix
-product (mincore.autograd.ops._mm); the rest of the step is "outside kernels and matmuls". The fixed
-per-step Python cost is estimated by timing the same step on a (1, 2) batch of width 1 x expansion 1.
+The step is the one `mincore train --task copy` runs: the selective-copying task (mincore.tasks.copy)
+at a preset with some fields replaced; one step = forward + cross entropy on the marker positions +
+backward + clipping + AdamW. Kernel time is taken at the engine interface (the calls mincore.cells
+makes into the engine's implementation module, see mincore.backend), matrix products with
+mincore.autograd.ops.matmul_timer (every ops.mm); the rest of the step is "outside kernels and
+matmuls". The fixed per-step Python cost is estimated by timing the same step on a (1, 2) batch of
+width 1 x expansion 1. CPU engines (host clock).
 
-    python benchmarks/profile_step.py [--batch 64] [--seq 256] [--cell mingru] [--steps 20] [--cprofile]
+    python benchmarks/profile_step.py [--preset default] [--batch 64] [--seq 256] [--cell mingru]
+                                      [--steps 20] [--ftz] [--cprofile]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
-import functools
+import dataclasses
+import math
 import pstats
 import time
-from collections import defaultdict
 
 import numpy as np
-from mincore.autograd import F, ops, optim
 
-import mincore
-from mincore import cells
-from mincore.models import SequenceModel
+from mincore.autograd import ops, optim
+from mincore.backend import get_engine
+from mincore.tasks import copy as copy_task
 
-KERNELS = ("min_gru", "min_gru_backward", "min_lstm", "min_lstm_backward", "lru_scan", "lru_scan_backward")
-timers: dict[str, float] = defaultdict(float)
-
-
-def timed(name, fn):
-    @functools.wraps(fn)
-    def wrapper(*a, **k):
-        t = time.perf_counter()
-        try:
-            return fn(*a, **k)
-        finally:
-            timers[name] += time.perf_counter() - t
-    return wrapper
+KERNELS = ("scan", "scan_backward", "min_gru", "min_gru_backward", "min_lstm", "min_lstm_backward", "lru_scan",
+           "lru_scan_backward")
 
 
 def flush_subnormals(x):
@@ -49,52 +40,47 @@ def flush_subnormals(x):
     return x
 
 
-def with_ftz(fn):
-    """Backward kernel + flush of its outputs (timed on its own: an in-kernel flush costs ~nothing)."""
-    flush = timed("ftz", lambda out: tuple(flush_subnormals(r) for r in out))
+@contextlib.contextmanager
+def kernel_timer(impl, ftz=False):
+    """Time every call into the engine module `impl` inside the block; yields {"kernels": s, "ftz": s}.
+    ftz: flush subnormals from the backward kernels' outputs, timed apart (an in-kernel flush costs
+    ~nothing, so the figures leave it out)."""
+    tally = {"kernels": 0.0, "ftz": 0.0}
+    saved = {name: getattr(impl, name) for name in KERNELS}
 
-    @functools.wraps(fn)
-    def wrapper(*a, **k):
-        return flush(fn(*a, **k))
-    return wrapper
+    def timed(name, fn):
+        def call(*a, **k):
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            t1 = time.perf_counter()
+            tally["kernels"] += t1 - t0
+            if ftz and name.endswith("_backward"):
+                out = tuple(flush_subnormals(r) for r in out)
+                tally["ftz"] += time.perf_counter() - t1
+            return out
+        return call
 
-
-def instrument(ftz=False):
-    for name in KERNELS:
-        f = timed("kernels", getattr(cells, name))
-        setattr(cells, name, with_ftz(f) if ftz and name.endswith("_backward") else f)
-    ops._mm = timed("matmul", ops._mm)
-
-
-def copy_batch(rng, batch, seq, vocab=16, n_data=16):
-    """Selective copying (Gu & Dao 2023): data tokens 1..14 at random places among noise 15, then
-    16 markers 0; targets are the data tokens in order at the marker positions (-100 elsewhere)."""
-    n_data = min(n_data, seq // 2)
-    x = np.full((batch, seq), vocab - 1, np.int64)
-    y = np.full((batch, seq), -100, np.int64)
-    data = rng.integers(1, vocab - 1, (batch, n_data))
-    for b in range(batch):
-        pos = np.sort(rng.choice(seq - n_data, n_data, replace=False))
-        x[b, pos] = data[b]
-    x[:, seq - n_data:] = 0
-    y[:, seq - n_data:] = data
-    return x, y
+    for name, fn in saved.items():
+        setattr(impl, name, timed(name, fn))
+    try:
+        yield tally
+    finally:
+        for name, fn in saved.items():
+            setattr(impl, name, fn)
 
 
-def make_step(batch, seq, d_model, expansion, cell, dropout=0.1):
-    model = SequenceModel(vocab_size=16, d_model=d_model, d_output=16, n_layers=3, cell=cell,
-                          expansion=expansion, norm="rms", dropout=dropout)
-    opt = optim.AdamW(model.param_groups(0.05), lr=3e-4)
-    rng = np.random.default_rng(0)
-    x, y = copy_batch(rng, batch, seq)
+def make_step(cfg):
+    """One optimizer step of the copy task `cfg`, as the training loop (mincore.tasks.loop) runs it."""
+    task = copy_task.CopyTask(cfg)
+    opt = optim.AdamW(task.param_groups(), lr=cfg.lr, betas=tuple(cfg.betas))
+    rng = np.random.default_rng((cfg.seed, 1))
 
     def step():
-        loss = F.cross_entropy(model(x)[0], y)
         opt.zero_grad()
+        loss, _ = task.loss(task.batch(rng, cfg.batch_size))
         loss.backward()
-        optim.clip_grad_norm(model.parameters(), 1.0)
+        optim.clip_grad_norm(task.model.parameters(), cfg.clip if cfg.clip > 0 else math.inf)
         opt.step()
-        return loss
     return step
 
 
@@ -109,35 +95,39 @@ def median_time(step, n):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="default", choices=sorted(copy_task.PRESETS))
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--expansion", type=float, default=6.0)
-    ap.add_argument("--cell", default="mingru", choices=["mingru", "minlstm", "lru"])
+    ap.add_argument("--cell", default="mingru", choices=copy_task.MODELS)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cprofile", action="store_true", help="also print the top functions by own time")
     ap.add_argument("--ftz", action="store_true",
                     help="flush subnormal gradients from the backward kernels to zero in NumPy (GEMMs on "
-                         "subnormal inputs run ~70x slower); the flush counts as outside-kernel time")
+                         "subnormal inputs run ~70x slower); the flush is left out of every figure")
     args = ap.parse_args(argv)
 
-    tiny = make_step(1, 2, 1, 1.0, args.cell, dropout=0.0)
-    step = make_step(args.batch, args.seq, args.d_model, args.expansion, args.cell)
+    base = copy_task.PRESETS[args.preset]
+    cfg = dataclasses.replace(base, batch_size=args.batch, micro_batch=None, seq_len=args.seq,
+                              d_model=args.d_model, expansion=args.expansion, model=args.cell)
+    tiny = make_step(dataclasses.replace(cfg, batch_size=1, seq_len=2, n_data=1, d_model=1, expansion=1.0,
+                                         dropout=0.0))
+    step = make_step(cfg)
     for _ in range(3):  # compile / warm caches
         tiny()
         step()
     fixed = median_time(tiny, 5 * args.steps)
-    instrument(args.ftz)
-    timers.clear()
-    wall = time.perf_counter()
-    total = median_time(step, args.steps)
-    wall = time.perf_counter() - wall
-    kern, mm, ftz = (timers[k] / args.steps for k in ("kernels", "matmul", "ftz"))
+    engine, impl = get_engine(cfg.engine, np)
+    with kernel_timer(impl, args.ftz) as kt, ops.matmul_timer() as mt:
+        wall = time.perf_counter()
+        total = median_time(step, args.steps)
+        wall = time.perf_counter() - wall
+    kern, mm, ftz = kt["kernels"] / args.steps, mt.seconds / args.steps, kt["ftz"] / args.steps
     mean = wall / args.steps - ftz
     rest = mean - kern - mm
-    engine = mincore.backend.resolve_engine(None, np)
-    print(f"selective-copy step: cell={args.cell} batch={args.batch} seq={args.seq} d_model={args.d_model} "
-          f"expansion={args.expansion} layers=3 engine={engine} ftz={args.ftz}")
+    print(f"selective-copy step ({args.preset} preset): cell={cfg.model} batch={cfg.batch_size} seq={cfg.seq_len} "
+          f"d_model={cfg.d_model} expansion={cfg.expansion} layers={cfg.n_layers} engine={engine} ftz={args.ftz}")
     if args.ftz:
         print(f"  (NumPy subnormal flush {1e3 * ftz:.2f} ms per step left out of every figure below)")
     print(f"  step time          median {1e3 * (total - ftz):8.2f} ms   mean {1e3 * mean:8.2f} ms")
