@@ -1,5 +1,5 @@
 """Generation speed: recurrent `step` mode (what `mincore generate` does) against re-running the
-parallel forward over the growing sequence, per generated character (issue: >= 10x at 1,000 characters).
+parallel forward over the growing sequence, per generated character.
 
     python benchmarks/generate_speed.py --checkpoint runs/shakespeare-mingru/checkpoint.h5 [--tokens 1000]
 

@@ -4,7 +4,7 @@
         --target 1.55 --out docs/shakespeare_default.png
 
 Reads each run's metrics.jsonl (eval events) and summary.json (model name); `--target` draws a
-horizontal line (e.g. the issue's 1.55 nats/char), `--key` picks the held-out figure to plot.
+horizontal line (e.g. a target of 1.55 nats/char), `--key` picks the held-out figure to plot.
 """
 
 from __future__ import annotations
