@@ -16,6 +16,7 @@ import statistics
 import time
 
 import numpy as np
+
 from mincore.autograd import no_grad
 from mincore.tasks.shakespeare import generate, load_model
 
