@@ -134,9 +134,6 @@ def matmul_timer():
         _tally = outer
 
 
-_mm = mm  # the former private name, until every caller uses `mm`
-
-
 def _swap(x):
     return x.swapaxes(-1, -2)
 
