@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import lru_inputs
 
-from mincore.kernels import gpu_common
+from mincore.kernels import cupy_engine, gpu_common
 from mincore.kernels import reference as ref
 
 pytestmark = pytest.mark.skipif(ce.CXX is None, reason="no C++ compiler (g++/clang++) on PATH")
@@ -160,3 +160,10 @@ def test_plan_override_checks_its_fields_and_restores_the_outer_plan():
             assert fields() == (8, 4, 2)
         assert fields() == (8, 4, 1)
     assert fields() == (8, 1, 1)
+
+
+def test_launch_refuses_a_cell_call_with_the_wrong_arrays(emu):
+    (k, y), h0 = _data((1, 4, 2), np.float32, 2)
+    target = cupy_engine.target(np, 0, lambda cell, dt, n: ())
+    with pytest.raises(ValueError, match="GruFwd reads 2 arrays and writes 1, got 1 and 1"):
+        gpu_common.launch(target, "GruFwd", (k,), (y,), h0, h0)

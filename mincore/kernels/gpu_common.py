@@ -195,6 +195,8 @@ def launch(target: Target, cell: str, xs, ys, h0, s0, *, fin=None, reverse=False
     initial state), write ys and, when given, fin (the final state). Returns the per-thread partial
     sums (B, C, nseg, D) of a cell that writes them, else None."""
     c, (B, T, D) = CELLS[cell], ys[0].shape
+    if len(xs) != c.inputs or len(ys) != c.outputs:
+        raise ValueError(f"{cell} reads {c.inputs} arrays and writes {c.outputs}, got {len(xs)} and {len(ys)}")
     xp, dtype = target.xp, ys[0].dtype
     acc = acc_dtype(dtype)
     p = cell_plan(cell, (B, T, D), dtype, target.n_sm)
