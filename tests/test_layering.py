@@ -223,6 +223,17 @@ def test_reachable(upper, lower, ok):
     assert (lower in reachable(upper, lazy_ok=True)) is ok
 
 
+def test_every_package_is_shipped():
+    """pyproject.toml lists packages one by one (package-dir maps the folders): a new subpackage
+    missing from the list would work in an editable install and be absent from a wheel."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {n for n, (_, is_pkg) in module_files().items() if is_pkg}
+    assert packages == set(setup["packages"]), packages ^ set(setup["packages"])
+    dirs = {pkg: (ROOT / setup["package-dir"][pkg]).resolve() for pkg in setup["package-dir"]}
+    assert dirs == {pkg: (ROOT / folder).resolve() for folder, pkg in FOLDERS.items()}
+
+
 def test_importing_mincore_loads_no_engine_or_framework():
     """`import mincore` and `import mincore.autograd` load neither numba (engines load on first use)
     nor torch, cupy or jax (optional extras)."""
