@@ -6,7 +6,9 @@ with the saved output h and the GEMMs' adjoints, so no autograd runs through the
     forward(x (B, T, dim), h0=None) -> (y (B, T, dim), h_last)   whole sequences (parallel scan)
     step(x_t (B, dim), state)      -> (y_t (B, dim), state)      recurrent inference, O(1) memory
 with state = None meaning the initial state (zeros, or the learned one). `engine` passes through to
-the kernels (None: by array type, then $MINCORE_ENGINE).
+the kernels (None: by array type, then $MINCORE_ENGINE). MinGRU and MinLSTM also offer the parts of
+forward, for models that compute less than every output: scan (before the output projection), out
+(that projection) and scan_lookup (scan over rows of a table picked by token, e.g. an embedding).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from mincore import cells
 from mincore.autograd import Parameter, Tensor, as_tensor, nn, no_grad, ops, primitive
 from mincore.backend import get_array_module
 
-__all__ = ["min_gru_op", "min_lstm_op", "lru_op", "MinGRU", "MinLSTM", "LRU"]
+__all__ = ["min_gru_op", "min_lstm_op", "lookup_scan_op", "lru_op", "MinGRU", "MinLSTM", "LRU"]
 
 
 def _split(xp, x, n):
@@ -29,6 +31,12 @@ def _split(xp, x, n):
 
 
 # ------------------------------------------------------------------------------ primitives
+def _gemm(a, b):
+    """a @ b of two arrays through the autograd's matmul, the one place every matrix product of a
+    step passes (a profiler can time them there); plain arrays need no gradient, so nothing is taped."""
+    return ops.matmul(a, b).data
+
+
 def _project(xp, x, w, b, n):
     """n C-contiguous pre-activations x @ w_j + b_j (w = [w_1 | ... | w_n]), one GEMM each straight
     into its own buffer: the kernels take separate contiguous k, v, so this avoids splitting one
@@ -45,7 +53,7 @@ def _project(xp, x, w, b, n):
         cols = slice(j * size, (j + 1) * size)
         # a small contiguous (dim [+1], I) weight: GEMM on a strided slice measured ~2x slower
         wj = xp.ascontiguousarray(w[:, cols]) if b is None else xp.concatenate([w[:, cols], b[None, cols]])
-        outs.append(ops._mm(x2, wj).reshape(*x.shape[:-1], size))
+        outs.append(_gemm(x2, wj).reshape(*x.shape[:-1], size))
     return outs, x2
 
 
@@ -57,9 +65,9 @@ def _project_vjp(xp, xa, x, w, b, dpre):
     for j, g in enumerate(dpre):
         cols = slice(j * size, (j + 1) * size)
         g2 = g.reshape(-1, size)
-        gx = ops._mm(g2, w[:, cols].T)
+        gx = _gemm(g2, w[:, cols].T)
         dx = gx if dx is None else xp.add(dx, gx, out=dx)
-        dwb = ops._mm(xa.T, g2)
+        dwb = _gemm(xa.T, g2)
         if db is None:
             dw[:, cols] = dwb
         else:
@@ -67,34 +75,63 @@ def _project_vjp(xp, xa, x, w, b, dpre):
     return dx.reshape(x.shape), dw, db
 
 
-def _fused_cell(n, cell, doc):
-    """A primitive (x, w, b, h0) -> h: projection + scan kernel forward, backward kernel + projection
-    VJP backward; the kernels are looked up in mincore.cells at call time (profilers can wrap them)."""
-    def op(x, w, b, h0, **kw):
-        xp = get_array_module(x)
-        pre, xa = _project(xp, x, w, b, n)
-        h0 = None if h0 is None else xp.ascontiguousarray(h0)
-        h = getattr(cells, cell)(*pre, h0, **kw)
+def _scan_cell(cell, pre, h0, kw):
+    """h = mincore.<cell>(*pre, h0) and its VJP g -> (dpre..., dh0), the backward kernel with the saved
+    h. The kernels are looked up in mincore.cells at call time (profilers can wrap them)."""
+    xp = get_array_module(pre[0])
+    h0 = None if h0 is None else xp.ascontiguousarray(h0)
+    h = getattr(cells, cell)(*pre, h0, **kw)
 
-        def vjp(g):
-            *dpre, dh0 = getattr(cells, cell + "_backward")(*pre, h, xp.ascontiguousarray(g), h0, **kw)
-            return (*_project_vjp(xp, xa, x, w, b, dpre), dh0)
-        vjp.__name__ = cell + "_vjp"
-        return h, vjp
-    op.__name__, op.__doc__ = cell + "_op", doc
-    return primitive(op)
+    def scan_vjp(g):
+        return getattr(cells, cell + "_backward")(*pre, h, xp.ascontiguousarray(g), h0, **kw)
+    return h, scan_vjp
 
 
-min_gru_op = _fused_cell(2, "min_gru", """min_gru_op(x, w, b, h0, *, log_space=False, engine=None) -> h
+@primitive
+def min_gru_op(x, w, b, h0, *, log_space=False, engine=None):
+    """[k | v] = x w + b (w (dim, 2I)); h = mincore.min_gru(k, v, h0): one tape entry whose VJP calls
+    mincore.min_gru_backward with the saved h. Returns h (B, T, I); gradients dx, dw, db, dh0."""
+    return _projected_scan("min_gru", x, w, b, h0, {"log_space": log_space, "engine": engine})
 
-    [k | v] = x w + b (w (dim, 2I)); h = mincore.min_gru(k, v, h0): one tape entry whose VJP calls
-    mincore.min_gru_backward with the saved h. Returns dx, dw, db, dh0.""")
 
-min_lstm_op = _fused_cell(3, "min_lstm", """min_lstm_op(x, w, b, h0, *, normalize=True, log_space=False,
-    engine=None) -> h
+@primitive
+def min_lstm_op(x, w, b, h0, *, normalize=True, log_space=False, engine=None):
+    """[kf | ki | v] = x w + b (w (dim, 3I)); h = mincore.min_lstm(kf, ki, v, h0); VJP via
+    mincore.min_lstm_backward with the saved h. Returns h (B, T, I); gradients dx, dw, db, dh0."""
+    return _projected_scan("min_lstm", x, w, b, h0, {"normalize": normalize, "log_space": log_space,
+                                                     "engine": engine})
 
-    [kf | ki | v] = x w + b (w (dim, 3I)); h = mincore.min_lstm(kf, ki, v, h0); VJP via
-    mincore.min_lstm_backward with the saved h.""")
+
+@primitive
+def lookup_scan_op(table, idx, h0, *, cell, **kw):
+    """h = mincore.<cell>(*pre, h0) with pre_j = table[idx] restricted to the j-th of its n column
+    blocks: the recurrence over per-token pre-activations (table (V, n I), idx (B, T) integers; n = 2
+    for min_gru, 3 for min_lstm). VJP: the backward kernel, then the per-token sums of dpre_j
+    (one-hot (V, B T) @ (B T, I)) into the table's columns, and dh0."""
+    xp = get_array_module(table)
+    h, scan_vjp = _scan_cell(cell, [p[idx] for p in _split(xp, table, _N_PRE[cell])], h0, kw)
+
+    def lookup_scan_vjp(g):
+        *dpre, dh0 = scan_vjp(g)
+        onehot_t = (xp.arange(table.shape[0])[:, None] == idx.reshape(1, -1)).astype(table.dtype)  # (V, B T)
+        return xp.concatenate([_gemm(onehot_t, d.reshape(-1, d.shape[-1])) for d in dpre], axis=1), None, dh0
+    return h, lookup_scan_vjp
+
+
+_N_PRE = {"min_gru": 2, "min_lstm": 3}  # pre-activations per step: [k | v], [kf | ki | v]
+
+
+def _projected_scan(cell, x, w, b, h0, kw):
+    """(h, VJP) of h = mincore.<cell>(*_project(x, w, b), h0); the VJP returns dx, dw, db, dh0."""
+    xp = get_array_module(x)
+    pre, xa = _project(xp, x, w, b, _N_PRE[cell])
+    h, scan_vjp = _scan_cell(cell, pre, h0, kw)
+
+    def projected_scan_vjp(g):
+        *dpre, dh0 = scan_vjp(g)
+        return (*_project_vjp(xp, xa, x, w, b, dpre), dh0)
+    projected_scan_vjp.__name__ = cell + "_vjp"
+    return h, projected_scan_vjp
 
 
 def _lru_lambda(xp, nu_log, theta_log):
@@ -127,15 +164,15 @@ def lru_op(x, B, nu_log, theta_log, gamma_log, h0, *, engine=None):
     gamma2 = xp.repeat(xp.exp(gamma_log), 2)  # per pair entry
     Bg = B * gamma2
     x2 = x.reshape(-1, x.shape[-1])
-    bu = ops._mm(x2, Bg).view(ctype).reshape(*x.shape[:-1], N)
+    bu = _gemm(x2, Bg).view(ctype).reshape(*x.shape[:-1], N)
     h0c = None if h0 is None else _as_complex(xp, h0, ctype)
     h = cells.lru_scan(lam, bu, h0c, engine=engine)
 
     def lru_vjp(g):
         dlam, dbu, dh0 = cells.lru_scan_backward(lam, h, _as_complex(xp, g, ctype), h0c, engine=engine)
         g2 = dbu.view(x.dtype).reshape(-1, 2 * N)
-        dx = ops._mm(g2, Bg.T).reshape(x.shape)
-        dBg = ops._mm(x2.T, g2)
+        dx = _gemm(g2, Bg.T).reshape(x.shape)
+        dBg = _gemm(x2.T, g2)
         dgamma = (gamma2 * (dBg * B).sum(axis=0)).reshape(N, 2).sum(axis=1)
         dw = dlam * lam.conj()
         dnu = (-xp.exp(nu_log) * dw.real).astype(nu_log.dtype)
@@ -152,7 +189,7 @@ class _MinRNN(nn.Module):
     parameter, zeros at init, used as h0 as it is, also with log_space: the official code's choice
     between a learned state and zeros; the paper's listings disagree on g(h0) vs h0)."""
 
-    n_pre = 2
+    n_pre, cell = 2, "min_gru"  # pre-activations per step, and the kernel (mincore.cells) that scans them
 
     def __init__(self, dim, expansion=1.0, *, log_space=False, learn_h0=False, bias=True, engine=None,
                  rng=None):
@@ -168,7 +205,26 @@ class _MinRNN(nn.Module):
             return as_tensor(h0)
         return None if self.h0 is None else ops.broadcast_to(self.h0, (batch, self.inner))
 
-    def _out(self, h):
+    def kernel_kw(self) -> dict:
+        """The keyword arguments of this layer's kernels: mincore.<cell>(*pre, h0, **kernel_kw())."""
+        return {"log_space": self.log_space, "engine": self.engine}
+
+    def scan(self, x, h0=None):
+        """h (B, T, inner): the recurrence with its input projection, before the output projection
+        (forward(x, h0)[0] is out(scan(x, h0)))."""
+        x = as_tensor(x)
+        return self._scan(x, self._h0(h0, x.shape[0]))
+
+    def scan_lookup(self, table, idx, h0=None):
+        """scan(table[idx]) for a (V, dim) table and (B, T) integer idx, projecting the V rows once
+        instead of all B T positions: for inputs that depend on the token alone, such as a (normalised)
+        embedding. The table's gradient flows through the same tape."""
+        lin = self.to_hidden
+        pre = ops.linear(table, lin.weight, lin.bias)  # (V, n_pre * inner)
+        return lookup_scan_op(pre, idx, self._h0(h0, idx.shape[0]), cell=self.cell, **self.kernel_kw())
+
+    def out(self, h):
+        """y = h W_out, the output projection (h itself when inner == dim)."""
         return self.to_out(h) if self.to_out is not None else h
 
     def forward(self, x, h0=None):
@@ -179,7 +235,7 @@ class _MinRNN(nn.Module):
             h_last = h0 if h0 is not None else Tensor(x.xp.zeros((x.shape[0], self.inner), x.dtype))
         else:
             h_last = h[:, -1]
-        return self._out(h), h_last
+        return self.out(h), h_last
 
     @no_grad()
     def step(self, x_t, state=None):
@@ -190,18 +246,18 @@ class _MinRNN(nn.Module):
                   else xp.ascontiguousarray(h_prev.data))
         pre = _split(xp, self.to_hidden(x_t).data, self.n_pre)
         h = Tensor(self._cell_step(*pre, h_prev))
-        return self._out(h), h
+        return self.out(h), h
 
 
 class MinGRU(_MinRNN):
     """minGRU (Feng et al. 2024, sec. 3.1): [k | v] = x W_h + b, z = sigmoid(k), h~ = v (g(v) when
     log_space), h_t = (1 - z_t) h_{t-1} + z_t h~_t, y = h W_out. Parameters O(2 inner dim)."""
 
-    n_pre = 2
+    n_pre, cell = 2, "min_gru"
 
     def _scan(self, x, h0):
         lin = self.to_hidden
-        return min_gru_op(x, lin.weight, lin.bias, h0, log_space=self.log_space, engine=self.engine)
+        return min_gru_op(x, lin.weight, lin.bias, h0, **self.kernel_kw())
 
     def _cell_step(self, k, v, h_prev):
         return cells.min_gru_step(k, v, h_prev, log_space=self.log_space)
@@ -213,7 +269,7 @@ class MinLSTM(_MinRNN):
     As in the released code the forget-gate bias starts at +3 (long memory at init) and
     `normalize=False` keeps f and i as they are."""
 
-    n_pre = 3
+    n_pre, cell = 3, "min_lstm"
 
     def __init__(self, dim, expansion=1.0, *, normalize=True, forget_bias=3.0, bias=True, **kw):
         super().__init__(dim, expansion, bias=bias, **kw)
@@ -221,10 +277,12 @@ class MinLSTM(_MinRNN):
         if self.to_hidden.bias is not None:
             self.to_hidden.bias.data[: self.inner] += np.float32(forget_bias)
 
+    def kernel_kw(self) -> dict:
+        return {"normalize": self.normalize, **super().kernel_kw()}
+
     def _scan(self, x, h0):
         lin = self.to_hidden
-        return min_lstm_op(x, lin.weight, lin.bias, h0, normalize=self.normalize, log_space=self.log_space,
-                           engine=self.engine)
+        return min_lstm_op(x, lin.weight, lin.bias, h0, **self.kernel_kw())
 
     def _cell_step(self, kf, ki, v, h_prev):
         return cells.min_lstm_step(kf, ki, v, h_prev, normalize=self.normalize, log_space=self.log_space)

@@ -19,10 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import mincore
-from mincore.autograd import F, nn, no_grad, ops, optim, primitive
-from mincore.backend import get_array_module
-from mincore.layers import min_gru_op, min_lstm_op
+from mincore.autograd import F, nn, no_grad, optim
 from mincore.models import Block
 
 from . import loop
@@ -113,52 +110,16 @@ class CopyModel(nn.Module):
             h, _ = blk(h)
         # last block, x + Dropout(RNN(Norm(x))), with the RNN's output projection on n_out positions
         blk = blocks[-1]
-        s = _project_scan(blk.rnn, blk.norm1(h))[:, -n_out:]
-        h = h[:, -n_out:] + blk.drop(_out(blk.rnn, s))
+        s = blk.rnn.scan(blk.norm1(h))[:, -n_out:]
+        h = h[:, -n_out:] + blk.drop(blk.rnn.out(s))
         return self.head(self.norm(h))
 
     def _first_block(self, blk, x, h):
         """The first block's input is an embedding row, so Norm + input projection depend on the token
-        alone: project the (vocab, d) table once and gather rows (token_scan) instead of a GEMM over
-        every position; its gradient reaches the table through the same tape."""
-        rnn, lin = blk.rnn, blk.rnn.to_hidden
-        table = ops.linear(blk.norm1(self.embed.weight), lin.weight, lin.bias)  # (vocab, n_pre * inner)
-        s = token_scan(table, x, **_cell_kw(rnn))
-        return h + blk.drop(_out(rnn, s))
-
-
-def _cell_kw(rnn):
-    kw = {"cell": "min_gru" if rnn.n_pre == 2 else "min_lstm", "n": rnn.n_pre, "log_space": rnn.log_space,
-          "engine": rnn.engine}
-    return kw if rnn.n_pre == 2 else {**kw, "normalize": rnn.normalize}
-
-
-def _project_scan(rnn, x):
-    lin, kw = rnn.to_hidden, _cell_kw(rnn)
-    op = min_gru_op if kw.pop("cell") == "min_gru" else min_lstm_op
-    kw.pop("n")
-    return op(x, lin.weight, lin.bias, None, **kw)
-
-
-def _out(rnn, s):
-    return rnn.to_out(s) if rnn.to_out is not None else s
-
-
-@primitive
-def token_scan(table, idx, *, cell, n, **kw):
-    """h = mincore.<cell>(*pre) with pre_j = table[:, j-th block of columns][idx]: the recurrence over
-    per-token pre-activations (table (V, n I), idx (B, T) ints). VJP: the backward kernel, then the
-    per-token sums of dpre_j (one-hot (V, BT) @ (BT, I)) into the table's columns."""
-    xp = get_array_module(table)
-    V, size = table.shape[0], table.shape[1] // n
-    pre = [xp.ascontiguousarray(table[:, j * size:(j + 1) * size])[idx] for j in range(n)]
-    h = getattr(mincore, cell)(*pre, None, **kw)
-
-    def token_scan_vjp(g):
-        *dpre, _ = getattr(mincore, cell + "_backward")(*pre, h, xp.ascontiguousarray(g), None, **kw)
-        onehot_t = (xp.arange(V)[:, None] == idx.reshape(1, -1)).astype(table.dtype)  # (V, B T)
-        return xp.concatenate([onehot_t @ d.reshape(-1, size) for d in dpre], axis=1), None
-    return h, token_scan_vjp
+        alone: the layer projects the (vocab, d) table once and gathers rows (scan_lookup) instead of a
+        GEMM over every position; the table's gradient reaches the embedding through the same tape."""
+        s = blk.rnn.scan_lookup(blk.norm1(self.embed.weight), x)
+        return h + blk.drop(blk.rnn.out(s))
 
 
 class CopyTask:

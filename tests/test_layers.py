@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 from autograd_check import vjp_dot_test
-from mincore.autograd import Tensor, nn, ops
 
+from mincore.autograd import Tensor, nn, ops
 from mincore.backend import get_array_module
 from mincore.layers import LRU, MinGRU, MinLSTM
 from mincore.models import SequenceModel
@@ -106,6 +106,30 @@ def test_chunks_with_carried_state_equal_one_pass(kind):
         pieces.append(yc.data)
     np.testing.assert_allclose(np.concatenate(pieces, axis=1), y.data, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(state.data, h.data, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mingru", "mingru-log", "minlstm", "minlstm-raw-log"])
+def test_scan_parts_equal_forward_and_lookup_equals_gathered_rows(kind):
+    """out(scan(x)) is forward(x)[0]; scan_lookup(table, idx) is scan(table[idx]), gradients included
+    (the table's, every parameter's, the learned h0's)."""
+    rng = np.random.default_rng(2)
+    layer = LAYERS[kind](learn_h0=True, rng=rng).to(dtype=np.float64)
+    layer.h0.data[:] = rng.uniform(0.1, 0.9, layer.inner)
+    table, idx = rng.standard_normal((5, 3)), rng.integers(0, 5, (2, 7))
+    np.testing.assert_allclose(layer.out(layer.scan(table[idx])).data, layer(table[idx])[0].data, rtol=1e-12)
+    g = rng.standard_normal((2, 7, layer.inner))
+    grads = []
+    for lookup in (True, False):
+        t = Tensor(table.copy(), requires_grad=True)
+        h = layer.scan_lookup(t, idx) if lookup else layer.scan(t[idx])
+        (h * g).sum().backward()
+        grads.append((h.data, t.grad, *(p.grad for p in layer.parameters())))
+        for p in layer.parameters():
+            p.grad = None
+    for a, b in zip(*grads, strict=True):
+        assert (a is None) == (b is None)  # to_out takes no part in scan
+        if a is not None:
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_empty_sequence_returns_initial_state():
