@@ -11,19 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
+from . import cache_dir  # the per-user cache: re-exported, the corpus is cached at its top
+
 __all__ = ["CORPUS_URL", "CORPUS_SHA256", "CORPUS_NAME", "cache_dir", "sha256", "corpus_path", "load_text",
            "Vocab", "split"]
 
 CORPUS_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 CORPUS_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 CORPUS_NAME = "tinyshakespeare.txt"
-
-
-def cache_dir() -> Path:
-    """$MINCORE_CACHE, else $XDG_CACHE_HOME/mincore, else ~/.cache/mincore."""
-    if os.environ.get("MINCORE_CACHE"):
-        return Path(os.environ["MINCORE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mincore"
 
 
 def sha256(data: bytes) -> str:

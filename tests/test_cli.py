@@ -34,7 +34,7 @@ def test_every_registered_command_loads_under_its_name():
         assert isinstance(cmd, click.Command) and cmd.name == name
 
 
-@pytest.mark.parametrize("module", ["train", "generate", "rl", "options"])
+@pytest.mark.parametrize("module", ["bench", "train", "generate", "rl", "options"])
 def test_command_modules_do_not_import_the_group(module):
     """A command module defines plain click commands; the group registers them (no import cycle)."""
     code = f"import sys, mincore.cli.{module}; print('mincore.cli.main' in sys.modules)"

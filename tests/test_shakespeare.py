@@ -1,12 +1,13 @@
 """Character-level Shakespeare: data (split, vocabulary, checksum, offline error), step mode = parallel
 forward (conv state included), `mincore train --task shakespeare` and `mincore generate` via CliRunner.
 
-Uses ../shared/data/tinyshakespeare.txt (relative to the repository root) when it exists, else a
-small generated text; never the network."""
+Uses the tiny-shakespeare corpus where one is found (see `corpus`), else a small generated text;
+never the network."""
 
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,9 +17,22 @@ import pytest
 from click.testing import CliRunner
 
 from mincore.cli.main import main
+from mincore.tasks import cache_dir
 from mincore.tasks import shakespeare as S
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
+
+def corpus() -> Path | None:
+    """tiny-shakespeare for the tests that need the real text: $MINCORE_SHAKESPEARE, else a data folder
+    shared beside the repository, else the per-user cache where `mincore train` keeps it."""
+    found = [Path(p) for p in (os.environ.get("MINCORE_SHAKESPEARE"),
+                               Path(__file__).resolve().parents[1].parent / "shared" / "data" / S.CORPUS_NAME,
+                               cache_dir() / S.CORPUS_NAME) if p and Path(p).is_file()]
+    return found[0] if found else None
+
+
+CORPUS = corpus()
+NO_CORPUS = ("tiny-shakespeare corpus not found: set MINCORE_SHAKESPEARE=PATH (or run `mincore train --task "
+             "shakespeare` once, which caches it)")
 WORDS = "the king and queen of England shall speak now to thee my lord ROMEO: JULIET, what say you?".split()
 
 
@@ -55,7 +69,7 @@ def test_vocab_round_trip_and_split():
         v.encode("~")
 
 
-@pytest.mark.skipif(not CORPUS.exists(), reason="no ../shared/data/tinyshakespeare.txt")
+@pytest.mark.skipif(CORPUS is None, reason=NO_CORPUS)
 def test_tiny_shakespeare_as_nanogpt():
     text = S.load_text(CORPUS)
     v = S.Vocab(text)
@@ -85,7 +99,7 @@ def test_checksum_refuses_a_wrong_file(tmp_path, monkeypatch):
     assert not fresh.exists()
 
 
-@pytest.mark.skipif(not CORPUS.exists(), reason="no ../shared/data/tinyshakespeare.txt")
+@pytest.mark.skipif(CORPUS is None, reason=NO_CORPUS)
 def test_download_is_verified_and_cached_once(tmp_path, monkeypatch):
     calls = []
 

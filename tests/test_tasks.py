@@ -132,6 +132,17 @@ def test_the_engine_table_says_which_arrays_an_engine_takes(monkeypatch):
         backend.engine_arrays("fortran")
 
 
+def test_one_cache_rule_for_every_task(tmp_path, monkeypatch):
+    from mincore.tasks import chardata
+    from mincore.tasks.rl import collect
+
+    monkeypatch.delenv("MINCORE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert chardata.cache_dir() == tmp_path / "xdg" / "mincore" and collect.cache_dir() == chardata.cache_dir() / "rl"
+    monkeypatch.setenv("MINCORE_CACHE", str(tmp_path / "own"))
+    assert chardata.cache_dir() == tmp_path / "own" and collect.cache_dir() == tmp_path / "own" / "rl"
+
+
 def test_describe_names_the_loss_once_when_it_is_the_metric():
     s = {"task": "t", "model": "mingru", "loss": 1.5, "accuracy": 0.25, "steps": 3, "wall_seconds": 61.0,
          "status": "completed"}
