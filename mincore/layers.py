@@ -31,12 +31,6 @@ def _split(xp, x, n):
 
 
 # ------------------------------------------------------------------------------ primitives
-def _gemm(a, b):
-    """a @ b of two arrays through the autograd's matmul, the one place every matrix product of a
-    step passes (a profiler can time them there); plain arrays need no gradient, so nothing is taped."""
-    return ops.matmul(a, b).data
-
-
 def _project(xp, x, w, b, n):
     """n C-contiguous pre-activations x @ w_j + b_j (w = [w_1 | ... | w_n]), one GEMM each straight
     into its own buffer: the kernels take separate contiguous k, v, so this avoids splitting one
@@ -53,7 +47,7 @@ def _project(xp, x, w, b, n):
         cols = slice(j * size, (j + 1) * size)
         # a small contiguous (dim [+1], I) weight: GEMM on a strided slice measured ~2x slower
         wj = xp.ascontiguousarray(w[:, cols]) if b is None else xp.concatenate([w[:, cols], b[None, cols]])
-        outs.append(_gemm(x2, wj).reshape(*x.shape[:-1], size))
+        outs.append(ops.mm(x2, wj).reshape(*x.shape[:-1], size))
     return outs, x2
 
 
@@ -65,9 +59,9 @@ def _project_vjp(xp, xa, x, w, b, dpre):
     for j, g in enumerate(dpre):
         cols = slice(j * size, (j + 1) * size)
         g2 = g.reshape(-1, size)
-        gx = _gemm(g2, w[:, cols].T)
+        gx = ops.mm(g2, w[:, cols].T)
         dx = gx if dx is None else xp.add(dx, gx, out=dx)
-        dwb = _gemm(xa.T, g2)
+        dwb = ops.mm(xa.T, g2)
         if db is None:
             dw[:, cols] = dwb
         else:
@@ -114,7 +108,7 @@ def lookup_scan_op(table, idx, h0, *, cell, **kw):
     def lookup_scan_vjp(g):
         *dpre, dh0 = scan_vjp(g)
         onehot_t = (xp.arange(table.shape[0])[:, None] == idx.reshape(1, -1)).astype(table.dtype)  # (V, B T)
-        return xp.concatenate([_gemm(onehot_t, d.reshape(-1, d.shape[-1])) for d in dpre], axis=1), None, dh0
+        return xp.concatenate([ops.mm(onehot_t, d.reshape(-1, d.shape[-1])) for d in dpre], axis=1), None, dh0
     return h, lookup_scan_vjp
 
 
@@ -164,15 +158,15 @@ def lru_op(x, B, nu_log, theta_log, gamma_log, h0, *, engine=None):
     gamma2 = xp.repeat(xp.exp(gamma_log), 2)  # per pair entry
     Bg = B * gamma2
     x2 = x.reshape(-1, x.shape[-1])
-    bu = _gemm(x2, Bg).view(ctype).reshape(*x.shape[:-1], N)
+    bu = ops.mm(x2, Bg).view(ctype).reshape(*x.shape[:-1], N)
     h0c = None if h0 is None else _as_complex(xp, h0, ctype)
     h = cells.lru_scan(lam, bu, h0c, engine=engine)
 
     def lru_vjp(g):
         dlam, dbu, dh0 = cells.lru_scan_backward(lam, h, _as_complex(xp, g, ctype), h0c, engine=engine)
         g2 = dbu.view(x.dtype).reshape(-1, 2 * N)
-        dx = _gemm(g2, Bg.T).reshape(x.shape)
-        dBg = _gemm(x2.T, g2)
+        dx = ops.mm(g2, Bg.T).reshape(x.shape)
+        dBg = ops.mm(x2.T, g2)
         dgamma = (gamma2 * (dBg * B).sum(axis=0)).reshape(N, 2).sum(axis=1)
         dw = dlam * lam.conj()
         dnu = (-xp.exp(nu_log) * dw.real).astype(nu_log.dtype)
