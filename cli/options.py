@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-__all__ = ["check_engine", "engine_option", "TRAIN_OPTIONS", "task_options", "task_overrides"]
+__all__ = ["check_engine", "engine_option", "TRAIN_OPTIONS", "task_options", "task_overrides", "models_help",
+           "threads_help"]
 
 
 def check_engine(engine: str | None) -> str | None:
@@ -70,3 +71,30 @@ def task_overrides(mod, task: str, given: dict) -> dict:
         raise click.BadParameter(f"{flags} {'is an option' if len(foreign) == 1 else 'are options'} of --task "
                                  f"{' / '.join(owners)}, not {task}", param_hint=f"--{foreign[0].replace('_', '-')}")
     return {k: os.path.abspath(v) if own[k].file else v for k, v in given.items() if v is not None}
+
+
+def _and(names) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def models_help() -> str:
+    """--model's help from the tasks' MODELS: the models every task has, then each task's extras."""
+    from mincore.tasks import TASKS, get_task
+
+    models = {name: get_task(name).MODELS for name in TASKS}
+    common = [m for m in next(iter(models.values())) if all(m in ms for ms in models.values())]
+    extra = "".join(f" ({name}: also {_and(m for m in ms if m not in common)})" for name, ms in models.items()
+                    if set(ms) - set(common))
+    return f"Recurrent cell: {' or '.join(common)}{extra}. [default: {common[0]}]"
+
+
+def threads_help() -> str:
+    """--threads' help from the tasks' THREADS (None: every core)."""
+    from mincore.tasks import TASKS, get_task
+
+    by_count: dict = {}
+    for name in TASKS:
+        by_count.setdefault(get_task(name).THREADS, []).append(name)
+    said = "; ".join(f"{'all cores' if n is None else n} for {_and(names)}" for n, names in by_count.items())
+    return f"CPU threads for BLAS and the numba kernels. [default: the task's: {said}]"

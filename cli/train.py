@@ -11,7 +11,7 @@ import click
 
 from mincore.tasks import TASKS
 
-from .options import engine_option, task_options, task_overrides
+from .options import engine_option, models_help, task_options, task_overrides, threads_help
 
 # the settings a resumed run takes from its checkpoint (with the task's own options): never given again
 SETTINGS = ("preset", "model", "steps", "batch_size", "eval_every", "seed", "engine")
@@ -22,8 +22,7 @@ SETTINGS = ("preset", "model", "steps", "batch_size", "eval_every", "seed", "eng
               help="Which task to train.")
 @click.option("--preset", default="default", show_default=True,
               help="Named settings: default (2-core CPU, minutes) or paper (the published setting).")
-@click.option("--model", default=None,
-              help="Recurrent cell: mingru or minlstm (rl: also bc, the MLP baseline). [default: mingru]")
+@click.option("--model", default=None, help=models_help())
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Optimizer steps (overrides the preset).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Sequences per step.")
@@ -36,9 +35,7 @@ SETTINGS = ("preset", "model", "steps", "batch_size", "eval_every", "seed", "eng
               help="Run directory. [default: runs/TASK-MODEL]")
 @click.option("--resume", is_flag=True, help="Continue the run saved in --out (its own settings).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for BLAS and the numba kernels. [default: the task's: 1 for copy and rl, whose "
-                   "small models train faster on one thread; all cores for shakespeare]")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help=threads_help())
 def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out, resume, quiet, threads, **own):
     """Train a task; writes config.json, metrics.jsonl, checkpoint.h5, summary.json and
     learning_curve.png into --out. Ctrl-C stops after the current step with a checkpoint.

@@ -35,6 +35,17 @@ def test_help_has_an_example(cmd):
     assert "Example" in r.output and f"mincore {cmd[0]}" in r.output
 
 
+def test_train_help_takes_each_tasks_facts_from_its_module(monkeypatch):
+    from mincore.cli.options import models_help, threads_help
+
+    assert "mingru or minlstm (rl: also bc)" in models_help() and "1 for copy and rl" in threads_help()
+    monkeypatch.setattr(C, "THREADS", 3)
+    monkeypatch.setattr(C, "MODELS", ("mingru", "minlstm", "lru"))
+    assert "(copy: also lru)" in models_help() and "3 for copy; all cores for shakespeare; 1 for rl" in threads_help()
+    r = run("train", "--help")
+    assert "--env" in r.output and "rl: MuJoCo environment" in r.output and "--data" in r.output
+
+
 def test_train_writes_every_file_and_eval_reproduces_summary(tmp_path, small_eval):
     out = tmp_path / "run"
     r = run("train", *FAST, "--steps", "2", "--out", str(out))
