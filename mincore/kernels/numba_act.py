@@ -2,7 +2,8 @@
 
 Why: in the Shakespeare model's MLP the NumPy GELU (tanh, cubes and five temporaries forward, nine
 backward) cost 0.14 of a 0.62 CPU-second training step, more than all recurrent kernels together
-(cProfile of the default preset's step, docs/SHAKESPEARE.md). One fused pass each way replaces them.
+(cProfile of the default preset's step: docs/BENCHMARKS.md, Shakespeare). One fused pass each way
+replaces them.
 
 Math (Hendrycks & Gimpel 2016, the GPT-2 tanh form), rewritten without tanh:
     z = 2c (x + a x^3),  c = sqrt(2 / pi),  a = 0.044715
