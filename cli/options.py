@@ -10,7 +10,7 @@ __all__ = ["check_engine", "engine_option", "TRAIN_OPTIONS", "task_options", "ta
 
 def check_engine(engine: str | None) -> str | None:
     """`engine` when the engine table knows it and it can run here (None passes: the default engine);
-    else a click.BadParameter naming --engine, what it got and what would do."""
+    else a click.BadParameter naming --engine, what it got and what it takes."""
     if engine is None:
         return None
     from mincore.backend import engines
