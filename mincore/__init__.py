@@ -2,6 +2,8 @@
 
 Arrays in, arrays out (NumPy on the CPU, CuPy on the GPU); see `mincore.cells` for the equations.
 Importing mincore is cheap: engines (numba, CuPy) are imported the first time they are used.
+Built on it: mincore.autograd, mincore.layers, mincore.models, mincore.tasks and the `mincore` command
+(the layers and what each may import: docs/ARCHITECTURE.md).
 """
 
 from .backend import engines, get_array_module
