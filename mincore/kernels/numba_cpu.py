@@ -3,8 +3,9 @@
 Layout (B, T, D), D contiguous. Work is split into jobs = (batch row i, channel block) run in
 parallel (prange); each job loops over T and, inside, over its channel block, so the innermost loop
 is contiguous and vectorises (the gate math uses numba_math's vectorisable exp). A prange over
-flattened channels with a strided T loop is ~14x slower (DESIGN.md). Job layout and flat unsigned
-row addressing are shared with numba_scan (see its docstring for why and the measurements).
+flattened channels with a strided T loop is ~14x slower (docs/ARCHITECTURE.md, The numba CPU
+kernels). Job layout and flat unsigned row addressing are shared with numba_scan (see its docstring
+for why and the measurements).
 
 Flags (log_space, normalize) are compile-time constants: `_gru_kernels(log_space)` and
 `_lstm_kernels(normalize, log_space)` build one kernel pair per combination (closures over the flags,
