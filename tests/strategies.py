@@ -49,6 +49,27 @@ def values(draw, shape, kind="signed", dtype="float64"):
     return np.ascontiguousarray(x.astype(dtype))
 
 
+# Saturated pre-activations: where exp over- or underflows in float32 (|k| ~ 87-104) and float64
+# (|k| ~ 708-745), far beyond (|k| up to 1e4), and ordinary values between them so gates mix.
+EDGES = (87.0, 88.0, 88.7, 89.0, 90.0, 95.0, 100.0, 103.9, 104.0, 708.0, 709.0, 709.8, 710.0, 745.0, 750.0, 800.0)
+_SATURATED = st.one_of(st.floats(-8.0, 8.0), st.floats(-1e4, 1e4), st.sampled_from(EDGES),
+                       st.sampled_from(EDGES).map(lambda x: -x))
+
+
+@st.composite
+def saturated(draw, shape, dtype="float64"):
+    """A C-contiguous pre-activation array mixing saturating values (EDGES, |k| up to 1e4) and ordinary
+    ones; large arrays from a drawn seed, a third of the entries saturated."""
+    if int(np.prod(shape)) <= ELEMENTWISE_MAX:
+        x = draw(hnp.arrays(np.float64, shape, elements=_SATURATED))
+    else:
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        big = rng.choice(np.concatenate([EDGES, rng.uniform(0, 1e4, 16)]), size=shape)
+        x = np.where(rng.uniform(size=shape) < 1 / 3, big * rng.choice([-1.0, 1.0], size=shape),
+                     rng.normal(0, 3, size=shape))
+    return np.ascontiguousarray(x.astype(dtype))
+
+
 @st.composite
 def complex_values(draw, shape, dtype="complex128", scale=1.0):
     """Complex array with real and imaginary parts drawn as `signed` values times `scale`."""

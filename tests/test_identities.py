@@ -76,7 +76,7 @@ def _cell(name, data, dtype, shape):
         return mincore.lru_scan(get_array_module(bu).asarray(lam), bu, h0, engine=engine)
 
     bu = data.draw(S.complex_values(shape, cdt))
-    return lru, (bu,), {}, log_space_extent(np.broadcast_to(lam, shape), blocks=False), \
+    return lru, (bu,), {}, log_space_extent(np.broadcast_to(lam, shape)), \
         lambda h0: tl.scan_scales(up(lam), up(bu), up(h0))
 
 

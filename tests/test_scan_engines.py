@@ -68,7 +68,7 @@ def _case_scan(backend, data, dtype, t, reverse):
     h0 = data.draw(S.initial_states(shape, dtype), "h0")
     dh = data.draw(S.values(shape, "signed", dtype), "dh")
     f = flip if reverse else up  # into (and back out of) the order the scan runs in
-    extent = log_space_extent(up(a))
+    extent = log_space_extent(up(a), dtype)
     mags = functools.cache(lambda: tl.scan_scales(up(f(a)), up(f(b)), up(h0), up(f(dh))))
     h = run(backend, mincore.scan, a, b, h0, reverse=reverse)
     want = oracle(mincore.scan, a, b, h0, reverse=reverse)
@@ -89,7 +89,7 @@ def _cell_inputs(data, dtype, t, n_pre):
 
 def _case_min_gru(backend, data, dtype, t, log_space):
     (k,), v, h0, dh = _cell_inputs(data, dtype, t, 1)
-    extent = log_space_extent(gates.min_gru_coeffs(np, up(k), up(v), log_space)[0])
+    extent = log_space_extent(gates.min_gru_coeffs(np, up(k), up(v), log_space)[0], dtype)
     mags = functools.cache(lambda: tl.min_gru_scales(up(k), up(v), up(h0), up(dh), log_space))
     h = run(backend, mincore.min_gru, k, v, h0, log_space=log_space)
     want = oracle(mincore.min_gru, k, v, h0, log_space=log_space)
@@ -102,7 +102,7 @@ def _case_min_gru(backend, data, dtype, t, log_space):
 def _case_min_lstm(backend, data, dtype, t, normalize, log_space):
     (kf, ki), v, h0, dh = _cell_inputs(data, dtype, t, 2)
     kw = dict(normalize=normalize, log_space=log_space)
-    extent = log_space_extent(gates.min_lstm_coeffs(np, up(kf), up(ki), up(v), normalize, log_space)[0])
+    extent = log_space_extent(gates.min_lstm_coeffs(np, up(kf), up(ki), up(v), normalize, log_space)[0], dtype)
     mags = functools.cache(lambda: tl.min_lstm_scales(*map(up, (kf, ki, v, h0, dh)), normalize, log_space))
     h = run(backend, mincore.min_lstm, kf, ki, v, h0, **kw)
     want = oracle(mincore.min_lstm, kf, ki, v, h0, **kw)
@@ -118,7 +118,7 @@ def _case_lru_scan(backend, data, dtype, t):
     lam = data.draw(S.lambdas(shape[2], dtype), "lam")
     bu, dh = data.draw(S.complex_values(shape, dtype)), data.draw(S.complex_values(shape, dtype))
     h0 = data.draw(S.initial_states(shape, dtype, complex_=True), "h0")
-    extent = log_space_extent(np.broadcast_to(up(lam), shape), blocks=False)
+    extent = log_space_extent(np.broadcast_to(up(lam), shape), dtype)
     mags = functools.cache(lambda: tl.lru_scales(up(lam), up(bu), up(h0), up(dh)))
     h = run(backend, mincore.lru_scan, lam, bu, h0)
     want = oracle(mincore.lru_scan, lam, bu, h0)

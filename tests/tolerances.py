@@ -63,22 +63,22 @@ def tolerance(engine: str, dtype) -> Tol:
     return TABLE.get((engine, real), DEFAULT[real])
 
 
-def log_space_extent(a, blocks: bool = True) -> float:
+def log_space_extent(a, dtype="float64") -> float:
     """|a*|_block + sqrt(CHUNK + T / CHUNK): |a*|_block = the largest sum of |log|a_t|| over one block of
-    the logspace engine's CHUNK steps, for gates a (B, T, D). The log-space engine's relative error is
-    a small multiple of eps times it. blocks=False: the whole sequence is one block, as for its LRU
-    (a* = (t + 1) log lam is exact there, but log h still cancels two numbers of that size)."""
-    from mincore.kernels.logspace import CHUNK
+    the logspace engine's CHUNK steps, for gates a (B, T, D), each |log a_t| capped at the engine's
+    floor for `dtype` (smaller gates are raised to it). The log-space engine's relative error is a
+    small multiple of eps times it."""
+    from mincore.kernels.logspace import CHUNK, log_gate_floor
 
     a = np.abs(np.asarray(a))
     if a.size == 0:
         return 0.0
     B, T, D = a.shape
-    if not blocks:
-        return float(np.abs(np.log(np.maximum(a, 1e-300))).sum(axis=1).max()) + float(np.sqrt(T))
+    real = np.empty(0, dtype).real.dtype
     n = -(-T // CHUNK)
     logs = np.zeros((B, n * CHUNK, D))
-    logs[:, :T] = np.abs(np.log(np.maximum(a, 1e-300)))
+    with np.errstate(divide="ignore"):
+        logs[:, :T] = np.minimum(np.abs(np.log(a)), -log_gate_floor(real))
     return float(logs.reshape(B, n, CHUNK, D).sum(axis=2).max()) + float(np.sqrt(min(T, CHUNK) + T // CHUNK))
 
 

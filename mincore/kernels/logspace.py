@@ -20,7 +20,12 @@ log of a linear value, so a gate of 1e-40 is exact in log space rather than a lo
 
 LRU (complex): a = lam is constant per channel, so a*_t = (t + 1) log lam exactly (no cumsum drift);
 its phase is reduced mod 2 pi in float64 before the sum so exp(i * phase) keeps its precision; the
-logcumsumexp runs over complex logs with the real part as the stabiliser. lam = 0 raises ValueError.
+logcumsumexp runs over complex logs with the real part as the stabiliser, in the same blocks as the
+real scans (one scan over the whole sequence was 5e-3 off in complex64 at |lam| = 0.5, T = 1031).
+lam = 0 raises ValueError.
+
+Saturated gates: log a is raised to `log_gate_floor(dtype)` (log of the smallest normal number) before
+the scan, so a gate of exactly 0 (k = +inf) or exp(-1e4) gives no NaN and no garbage; NaN inputs give NaN.
 
 Backward (Martin & Cundy 2018, sec. 2.2): G_t = dh_t + a_{t+1} G_{t+1} is the same scan run in reverse
 with the gates shifted left by one (any sign: the same +/- split); db = G, da_t = G_t h_{t-1},
@@ -59,9 +64,10 @@ POSITIVE_GATES = True  # scan needs a > 0, lru_scan needs lam != 0 (the logs mus
 
 
 def _log_pos(xp, x):
-    """log(max(x, 0)) with log 0 = -inf, and no divide-by-zero warning."""
+    """log(max(x, 0)) with log 0 = -inf, NaN kept (so it reaches h, as in the oracle), no warning."""
     pos = x > 0  # astype: keep float32 even where an array module promotes the python -inf
-    return xp.where(pos, xp.log(xp.where(pos, x, 1)), -xp.inf).astype(x.dtype, copy=False)
+    y = xp.where(pos, xp.log(xp.where(pos, x, 1)), xp.where(x == x, -xp.inf, xp.nan))
+    return y.astype(x.dtype, copy=False)
 
 
 def _logaddexp_doubling(xp, x, add):
@@ -106,38 +112,55 @@ def clogcumsumexp(xp, x):
 CHUNK = 32  # steps per Heinsen block (see "Precision" above): error ~ eps * (CHUNK |log a| + sqrt CHUNK)
 
 
-def _heinsen_block(xp, log_a, log_b, log_h0):
-    """h for h_t = a_t h_{t-1} + b_t from log a (B, T, D), log b >= -inf, log h0 (B, D): one Heinsen scan."""
-    a_star = xp.cumsum(log_a, axis=1)
-    x = xp.concatenate([log_h0[:, None], log_b - a_star], axis=1)
-    return xp.exp(a_star + logcumsumexp(xp, x)[:, 1:])
+def log_gate_floor(dtype) -> float:
+    """The smallest log a the real scans use: log of the dtype's smallest normal number (-87.3 float32,
+    -708.4 float64). A smaller gate (minGRU at k = 1e4, or k = +inf: a = 0, log a = -inf) is raised to
+    it: h_t moves by less than that number times |h_{t-1}|, as in the linear-space engines, while a*
+    stays finite (log a = -inf gave NaN, -1e30 wiped every other term out of a*). Error: see
+    "Precision" above; a saturated gate's |log a| counts there with at most |floor|."""
+    return float(np.log(np.finfo(dtype).tiny))
+
+
+def _carry_blocks(xp, a_star, lb, log_h0, lcse, laddexp):
+    """h of the blocked scan from the block-local a* ((B n, C, D), or (1, C, D) shared by all blocks)
+    and log b (B n, C, D): every block runs Heinsen's scan from a zero state at once, then the states
+    entering the blocks are carried block to block in log space, log s_{j+1} = laddexp(a*_j + log s_j,
+    log hz_j) with a*_j and hz_j the block's gate product and zero-state end value, and added back:
+    h = hz + exp(a* + log s). Returns (B, n C, D)."""
+    B, D = log_h0.shape
+    n, C = lb.shape[0] // B, lb.shape[1]
+    if n == 0:  # T = 0
+        return xp.empty((B, 0, D), lb.dtype)
+    log_hz = a_star + lcse(xp, lb - a_star)
+    a_end = xp.broadcast_to(a_star[:, -1], (B * n, D)).reshape(B, n, D)
+    hz_end = log_hz[:, -1].reshape(B, n, D)
+    log_s = xp.empty((B, n, D), log_hz.dtype)  # log of the state entering each block
+    log_s[:, 0] = log_h0
+    for j in range(n - 1):
+        log_s[:, j + 1] = laddexp(a_end[:, j] + log_s[:, j], hz_end[:, j])
+    h = xp.exp(log_hz) + xp.exp(a_star + log_s.reshape(B * n, 1, D))
+    return h.reshape(B, n * C, D)
+
+
+def _pad_blocks(xp, x, fill):
+    """(B, T, D) -> (B n, C, D) with the last block padded by `fill` (padded steps come after T and
+    are cut off, so they never reach an output)."""
+    B, T, D = x.shape
+    n = -(-T // CHUNK)
+    if n * CHUNK > T:
+        x = xp.concatenate([x, xp.full((B, n * CHUNK - T, D), fill, x.dtype)], axis=1)
+    return x.reshape(B * n, CHUNK, D)
 
 
 def _heinsen(xp, log_a, log_b, log_h0):
-    """`_heinsen_block` in blocks of CHUNK steps: every block runs Heinsen's scan from a zero state in
-    parallel, then the states entering the blocks are carried block to block, in log space (one
-    logaddexp per block: log s_{j+1} = logaddexp(a*_j + log s_j, log hz_j), with a*_j and hz_j the
-    block's gate product and zero-state end value), and added back: h = hz + exp(a* + log s). So a*
-    never sums more than CHUNK gates, whatever T is."""
+    """h for h_t = a_t h_{t-1} + b_t from log a (B, T, D), log b >= -inf, log h0 (B, D): Heinsen's
+    scan in blocks of CHUNK steps (`_carry_blocks`), so a* never sums more than CHUNK gates, whatever
+    T is; log a is raised to `log_gate_floor` first."""
     B, T, D = log_a.shape
-    C = CHUNK
-    if T <= C:
-        return _heinsen_block(xp, log_a, log_b, log_h0)
-    n = -(-T // C)
-    pad = n * C - T  # padded steps: a = 1, b = 0 (h stays put), cut off at the end
-    if pad:
-        log_a = xp.concatenate([log_a, xp.zeros((B, pad, D), log_a.dtype)], axis=1)
-        log_b = xp.concatenate([log_b, xp.full((B, pad, D), -xp.inf, log_b.dtype)], axis=1)
-    la, lb = log_a.reshape(B * n, C, D), log_b.reshape(B * n, C, D)
-    a_star = xp.cumsum(la, axis=1)
-    log_hz = a_star + logcumsumexp(xp, lb - a_star)  # log of the zero-state block scan
-    a_end, hz_end = a_star[:, -1].reshape(B, n, D), log_hz[:, -1].reshape(B, n, D)
-    log_s = xp.empty((B, n, D), log_a.dtype)  # log of the state entering each block
-    log_s[:, 0] = log_h0
-    for j in range(n - 1):
-        log_s[:, j + 1] = xp.logaddexp(a_end[:, j] + log_s[:, j], hz_end[:, j])
-    h = xp.exp(log_hz) + xp.exp(a_star + log_s.reshape(B * n, 1, D))
-    return h.reshape(B, n * C, D)[:, :T]
+    log_a = xp.maximum(log_a, log_gate_floor(log_a.dtype))  # NaN stays NaN
+    a_star = xp.cumsum(_pad_blocks(xp, log_a, 0), axis=1)
+    lb = _pad_blocks(xp, log_b, -xp.inf)
+    return _carry_blocks(xp, a_star, lb, log_h0, logcumsumexp, xp.logaddexp)[:, :T]
 
 
 def _flip(x):
@@ -252,11 +275,18 @@ def _lru_a_star(xp, lam, T):
 
 
 def _lru(xp, lam, bu, h0, reverse=False):
+    """The complex scan in blocks of CHUNK steps, as `_heinsen`: a* = (j + 1) log lam inside a block is
+    the same for every block (so it is formed once, in float64), and the carry runs in complex logs."""
     if reverse:
         bu = _flip(bu)
-    a_star = _lru_a_star(xp, lam, bu.shape[1])
-    x = xp.concatenate([_clog(xp, h0)[:, None], _clog(xp, bu) - a_star], axis=1)
-    h = xp.exp(a_star + clogcumsumexp(xp, x)[:, 1:])
+    T = bu.shape[1]
+    a_star = _lru_a_star(xp, lam, CHUNK)[None]
+    lb = _pad_blocks(xp, _clog(xp, bu), complex(-math.inf, 0))
+
+    def cladd(u, v):
+        return _clogaddexp(xp, u, v)
+
+    h = _carry_blocks(xp, a_star, lb, _clog(xp, h0), clogcumsumexp, cladd)[:, :T]
     return xp.ascontiguousarray(_flip(h) if reverse else h)
 
 

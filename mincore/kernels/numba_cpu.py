@@ -37,7 +37,7 @@ from numba import njit, prange
 
 from .numba_fpenv import denormals_off, denormals_restore
 from .numba_fpenv import flush_if_soft as ftz
-from .numba_math import fast_dg, fast_g, fast_sigmoid, fast_sigmoid_pair
+from .numba_math import fast_dg, fast_g, fast_lstm_gates, fast_sigmoid_pair
 from .numba_scan import JIT as _JIT
 from .numba_scan import ROW as _ROW
 from .numba_scan import U, block, job_range, lru_scan, lru_scan_backward, n_jobs, scan, scan_backward  # noqa: F401 (engine API)
@@ -55,9 +55,9 @@ OUT = True  # min_gru / min_gru_backward write into preallocated outputs (mincor
 def _gru_fwd_row(k, v, h, o, p, n, log_space):
     for j in range(n):
         u, w = o + U(j), p + U(j)
-        z = fast_sigmoid(k[u])
+        z, a = fast_sigmoid_pair(k[u])  # a = 1 - z, without cancellation
         x = fast_g(v[u]) if log_space else v[u]
-        h[u] = h[w] + z * (x - h[w])  # (1 - z) h_{t-1} + z h~
+        h[u] = a * h[w] + z * x  # not h + z (h~ - h): that is inf - inf = NaN once h is infinite
 
 
 @njit(**_ROW)
@@ -128,18 +128,19 @@ def min_gru_backward(k, v, h, dh, h0, log_space, out=None):
 
 
 # ------------------------------------------------------------------------------------ minLSTM
-# normalize: f' = f / (f + i), i' = i / (f + i) (one reciprocal); the backward goes through
-# diff = log i - log f: f' = sigmoid(-diff), d diff/d kf = -(1 - f), d diff/d ki = 1 - i.
+# normalize: f' = f / (f + i), i' = i / (f + i) (numba_math.fast_lstm_gates: exact for saturated
+# gates); the backward goes through diff = log i - log f: f' = sigmoid(-diff), d diff/d kf = -(1 - f),
+# d diff/d ki = 1 - i.
 
 
 @njit(**_ROW)
 def _lstm_fwd_row(kf, ki, v, h, o, p, n, one, normalize, log_space):
     for j in range(n):
         u, w = o + U(j), p + U(j)
-        f, i = fast_sigmoid(kf[u]), fast_sigmoid(ki[u])
         if normalize:
-            r = one / (f + i)
-            f, i = f * r, i * r
+            f, i, _, _ = fast_lstm_gates(kf[u], ki[u])
+        else:
+            f, i = fast_sigmoid_pair(kf[u])[0], fast_sigmoid_pair(ki[u])[0]
         x = fast_g(v[u]) if log_space else v[u]
         h[u] = f * h[w] + i * x
 
@@ -149,22 +150,21 @@ def _lstm_bwd_row(kf, ki, v, hp, dh, dkf, dki, dv, carry, o, p, n, one, normaliz
     for jj in range(n):
         j = n - 1 - jj  # descending, as t is: see "Backward order" above
         u, w = o + U(j), p + U(j)
-        f, cf = fast_sigmoid_pair(kf[u])  # cf = 1 - f, ci = 1 - i without cancellation
-        i, ci = fast_sigmoid_pair(ki[u])
         g = dh[u] + carry[j]
         if log_space:
             x, dx = fast_g(v[u]), fast_dg(v[u])
         else:
             x, dx = v[u], one
         if normalize:
-            r = one / (f + i)
-            fp, ip = f * r, i * r
+            fp, ip, cf, ci = fast_lstm_gates(kf[u], ki[u])  # cf = 1 - f, ci = 1 - i
             ddiff = fp * ip * g * (x - hp[w])
             dkf[u] = ftz(-cf * ddiff)
             dki[u] = ftz(ci * ddiff)
             dv[u] = ftz(g * ip * dx)
             carry[j] = ftz(fp * g)
         else:
+            f, cf = fast_sigmoid_pair(kf[u])  # cf = 1 - f, ci = 1 - i without cancellation
+            i, ci = fast_sigmoid_pair(ki[u])
             dkf[u] = ftz(g * hp[w] * f * cf)
             dki[u] = ftz(g * x * i * ci)
             dv[u] = ftz(g * i * dx)

@@ -10,7 +10,15 @@ few mantissa bits, so n * LN2_HI is exact), p a polynomial, 2^n built by writing
 exponent bits. float32: Cephes expf polynomial (max relative error ~1e-7, float32 rounding);
 float64: degree-13 Taylor polynomial (|r| <= ln2/2 gives truncation error < 1e-16).
 Arguments are clamped to the finite range ([-87, 88] float32, [-708, 709] float64), so results
-stay finite and normal; sigmoid saturates to ~1e-38 (float32) instead of underflowing to 0.
+stay finite and normal (below the range exp is off by less than the smallest normal number, an
+absolute error no caller can see); NaN stays NaN, so it reaches the kernels' outputs as it does the
+oracle's.
+
+Saturated gates. sigmoid and 1 - sigmoid are formed as in the oracle (kernels/gates.py): from
+e = exp(-|x|) in (0, 1], p = 1 / (1 + e) in [1/2, 1] and q = e p in (0, 1/2], the larger of the pair is
+p and never rounds through the subnormal range. Forming sigmoid(x) as 1 / (1 + exp(-x)) for x <= -88
+(float32) instead made it subnormal, the backward kernels' flush-to-zero (numba_fpenv) turned it into
+0, and 1 - z = e * sigmoid(x) became 0 instead of 1: dh0 = 0 where the exact gradient is T.
 
 Dispatch on the argument's type happens at compile time through `numba.extending.overload`, and all
 constants are typed (a float64 literal would silently promote float32 code to float64).
@@ -61,7 +69,8 @@ _horner = {8: _horner8, 14: _horner14}
 
 
 def _make(ft, it, mantissa_bits, bias, lo, hi, coeffs):
-    LO, HI, HALF, ONE = ft(lo), ft(hi), ft(0.5), ft(1.0)
+    LO, HI, ZERO, HALF, ONE = ft(lo), ft(hi), ft(0.0), ft(0.5), ft(1.0)
+    RCAP = ft(hi - 2.0)  # 1 / (1 + exp(RCAP)) is still a normal number
     TINY = ft(np.finfo(ft).tiny)
     LOG2E = ft(1.0 / math.log(2.0))
     LN2_HI = ft(0.693359375)  # 9 significant bits: n * LN2_HI is exact for |n| < 2^15
@@ -73,29 +82,48 @@ def _make(ft, it, mantissa_bits, bias, lo, hi, coeffs):
     poly = _horner[len(C)]
 
     def fexp(x):
-        x = min(max(x, LO), HI)
-        n = np.floor(x * LOG2E + HALF)
+        # comparisons, not min/max: a NaN argument passes the clamp unchanged (and n is formed from
+        # 0 there, so the float -> int conversion never sees a NaN); the polynomial then gives NaN
+        x = HI if x > HI else (LO if x < LO else x)
+        n = np.floor((x if x == x else ZERO) * LOG2E + HALF)
         r = (x - n * LN2_HI) - n * LN2_LO
         return poly(r, C) * _bits_to_float(it(it(it(n) + BIAS) << SHIFT))
 
-    def fsigmoid(x):
-        return ONE / (ONE + fast_exp(-x))
-
     def fsigmoid_pair(x):
-        # (sigmoid(x), sigmoid(-x)) from one exp: 1 - sigmoid(x) would cancel when sigmoid(x) ~ 1
-        e = fast_exp(-x)
-        s = ONE / (ONE + e)
-        return s, e * s
+        # (sigmoid(x), sigmoid(-x)) from one exp of -|x| (the module docstring: saturated gates)
+        e = fast_exp(-abs(x))
+        p = ONE / (ONE + e)
+        q = e * p
+        pos = x >= ZERO
+        return (p if pos else q), (q if pos else p)
 
-    # Branch-free forms (so the caller's loop vectorises): x + 1/2 >= sigmoid(x) exactly when x >= 0
-    # (sigmoid(x) - 1/2 - x is decreasing and zero at 0), hence g = max of the two branches; and
-    # g' = 1 for x >= 0, s (1 - s) <= 1/4 otherwise, hence max((x >= 0), s (1 - s)).
+    def fsigmoid(x):
+        return fast_sigmoid_pair(x)[0]
+
+    # Both branches computed, then selected (so the caller's loop vectorises); NaN selects the
+    # sigmoid branch, which is NaN, as in the oracle (a max of the two branches dropped the NaN).
     def fg(x):
-        return max(x + HALF, fast_sigmoid(x))
+        s = fast_sigmoid(x)
+        return x + HALF if x >= ZERO else s
 
     def fdg(x):
-        s = fast_sigmoid(x)
-        return max(ONE * (x >= 0), s * (ONE - s))
+        s, c = fast_sigmoid_pair(x)
+        return ONE if x >= ZERO else s * c
+
+    def flstm(kf, ki):
+        # minLSTM's normalised gates (f', i') = (f, i) / (f + i), with 1 - f and 1 - i: every sigmoid
+        # is e^min(k, 0) times p in [1/2, 1], so i / f = R pi / pf with R = e^(min(ki, 0) - min(kf, 0))
+        # and the tiny factors cancel inside one exp. A ratio of two clamped exps instead gave
+        # f' = 1/2 at kf = -90, ki = -95 (exact: sigmoid(5) = 0.9933) and 0 / 0 once both flushed.
+        f, cf = fast_sigmoid_pair(kf)
+        i, ci = fast_sigmoid_pair(ki)
+        pf = f if kf >= ZERO else cf
+        pi = i if ki >= ZERO else ci
+        d = (ki if ki < ZERO else ZERO) - (kf if kf < ZERO else ZERO)
+        # capped so that r below stays a normal number (flush-to-zero would make it 0, and i' = 0 * R)
+        ri = fast_exp(RCAP if d > RCAP else d) * pi
+        r = ONE / (pf + ri)  # pf + ri >= 1/2
+        return pf * r, ri * r, cf, ci
 
     def fflush(x):
         # subnormal -> 0, branch-free. Backward gradients that decay through many steps reach the
@@ -104,7 +132,8 @@ def _make(ft, it, mantissa_bits, bias, lo, hi, coeffs):
         return x * (abs(x) >= TINY)
 
     # the closures call the overloaded stubs below (resolved when a kernel is compiled)
-    return {"exp": fexp, "sigmoid": fsigmoid, "sigmoid_pair": fsigmoid_pair, "g": fg, "dg": fdg, "flush": fflush}
+    return {"exp": fexp, "sigmoid": fsigmoid, "sigmoid_pair": fsigmoid_pair, "g": fg, "dg": fdg,
+            "lstm_gates": flstm, "flush": fflush}
 
 
 def _taylor(deg):
@@ -145,6 +174,12 @@ def fast_dg(x):
     raise NotImplementedError("numba-only")
 
 
+def fast_lstm_gates(kf, ki):
+    """(f', i', 1 - f, 1 - i): minLSTM's normalised gates f / (f + i), i / (f + i) for any kf, ki,
+    and the complements of f = sigmoid(kf), i = sigmoid(ki) (numba only)."""
+    raise NotImplementedError("numba-only")
+
+
 def flush_subnormal(x):
     """x, or 0 where |x| is below the smallest normal number (numba only)."""
     raise NotImplementedError("numba-only")
@@ -155,6 +190,12 @@ def _register(stub, key):
     def _ov(x):
         impl = _IMPL.get(x)
         return None if impl is None else impl[key]
+
+
+@overload(fast_lstm_gates)
+def _ov_lstm_gates(kf, ki):
+    impl = _IMPL.get(kf)
+    return None if impl is None or ki != kf else impl["lstm_gates"]
 
 
 for _stub, _key in ((fast_exp, "exp"), (fast_sigmoid, "sigmoid"), (fast_sigmoid_pair, "sigmoid_pair"),
