@@ -38,6 +38,8 @@ VALUES = {"fwd": 3, "bwd": 6, "fwd+bwd": 9}  # values moved per element, the min
 def _cpu_copy():
     from numba import njit, prange
 
+    from .kernels import numba_threads  # noqa: F401 (the kernels' threading layer, chosen before any launch)
+
     @njit(parallel=True, nogil=True)
     def copy(x, out):
         x, out = x.reshape(-1), out.reshape(-1)  # any C-contiguous shape (slicing below is 1-D)

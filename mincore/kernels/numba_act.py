@@ -32,6 +32,7 @@ from numba import njit, prange
 
 from .numba_math import fast_sigmoid_pair
 from .numba_scan import JIT, U
+from .numba_threads import serialized
 
 _BLOCK = 4096  # elements per parallel job: L1-sized pieces, many jobs for the threads
 
@@ -70,6 +71,7 @@ def _kernels(dt):
     return fwd, vjp
 
 
+@serialized
 def gelu(x: np.ndarray) -> np.ndarray:
     """gelu(x), tanh form. x: a C-contiguous NumPy float32/float64 array."""
     y = np.empty_like(x)
@@ -77,6 +79,7 @@ def gelu(x: np.ndarray) -> np.ndarray:
     return y
 
 
+@serialized
 def gelu_vjp(g: np.ndarray, x: np.ndarray) -> np.ndarray:
     """g * gelu'(x); g is cast to x's dtype and layout."""
     g = np.ascontiguousarray(np.broadcast_to(g, x.shape), dtype=x.dtype)

@@ -41,6 +41,7 @@ from .numba_math import fast_dg, fast_g, fast_lstm_gates, fast_sigmoid_pair
 from .numba_scan import JIT as _JIT
 from .numba_scan import ROW as _ROW
 from .numba_scan import U, block, job_range, lru_scan, lru_scan_backward, n_jobs, scan, scan_backward  # noqa: F401 (engine API)
+from .numba_threads import serialized
 
 DTYPES = ("float32", "float64")
 OUT = True  # min_gru / min_gru_backward write into preallocated outputs (mincore.cells: out=)
@@ -110,6 +111,7 @@ def _gru_kernels(log_space: bool):
     return fwd, bwd
 
 
+@serialized
 def min_gru(k, v, h0, log_space, out=None):
     """`out`: a preallocated h (engine-level only; lets benchmarks and loops skip the allocation)."""
     B, _, D = k.shape
@@ -118,6 +120,7 @@ def min_gru(k, v, h0, log_space, out=None):
     return h
 
 
+@serialized
 def min_gru_backward(k, v, h, dh, h0, log_space, out=None):
     """`out`: preallocated (dk, dv, dh0) (engine-level only)."""
     B, _, D = k.shape
@@ -206,6 +209,7 @@ def _lstm_kernels(normalize: bool, log_space: bool):
     return fwd, bwd
 
 
+@serialized
 def min_lstm(kf, ki, v, h0, normalize, log_space):
     B, _, D = v.shape
     h, blk = np.empty_like(v), block(B, D)
@@ -213,6 +217,7 @@ def min_lstm(kf, ki, v, h0, normalize, log_space):
     return h
 
 
+@serialized
 def min_lstm_backward(kf, ki, v, h, dh, h0, normalize, log_space):
     B, _, D = v.shape
     dkf, dki, dv, dh0 = np.empty_like(kf), np.empty_like(ki), np.empty_like(v), np.empty_like(h0)

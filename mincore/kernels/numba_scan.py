@@ -22,6 +22,7 @@ from numba import njit, prange
 
 from .numba_fpenv import denormals_off, denormals_restore
 from .numba_fpenv import flush_if_soft as ftz
+from .numba_threads import serialized
 
 U = np.uint64
 # error_model="numpy": no zero-division checks inside loops (they block vectorisation);
@@ -106,6 +107,7 @@ def _scan_bwd(a, h, dh, h0, da, db, dh0, blk, jobs):
         denormals_restore(fpenv)
 
 
+@serialized
 def scan(a, b, h0, reverse=False):
     B, _, D = b.shape
     h, blk = np.empty_like(b), block(B, D)
@@ -113,6 +115,7 @@ def scan(a, b, h0, reverse=False):
     return h
 
 
+@serialized
 def scan_backward(a, h, dh, h0):
     B, _, D = h.shape
     da, db, dh0, blk = np.empty_like(h), np.empty_like(h), np.empty_like(h0), block(B, D)
@@ -178,6 +181,7 @@ def _lru_bwd(lam, h, dh, h0, dbu, dh0, dlam_part, blk, jobs):
         denormals_restore(fpenv)
 
 
+@serialized
 def lru_scan(lam, bu, h0):
     B, _, D = bu.shape
     h, blk = np.empty_like(bu), block(B, D)
@@ -185,6 +189,7 @@ def lru_scan(lam, bu, h0):
     return h
 
 
+@serialized
 def lru_scan_backward(lam, h, dh, h0):
     B, _, D = h.shape
     dbu, dh0, part, blk = np.empty_like(h), np.empty_like(h0), np.zeros((B, D), dtype=h.dtype), block(B, D)
