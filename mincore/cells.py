@@ -13,16 +13,18 @@ from .kernels import gates
 
 
 def _setup(engine, h0, dtypes=checks.SEQ_REAL, **seqs):
+    """(xp, engine module, h0, *seqs): the inputs as the kernels take them (checks.as_input)."""
+    seqs = checks.inputs(3, **seqs)
     xp = checks.same_module(h0=h0, **seqs)
     shape, dtype = checks.sequences(dtypes, **seqs)
     name, impl = get_engine(engine, xp)
     checks.engine_dtype(name, impl, dtype, next(iter(seqs)))
-    return xp, impl, checks.state("h0", h0, shape, dtype, xp)
+    return xp, impl, checks.state("h0", h0, shape, dtype, xp), *seqs.values()
 
 
 def scan(a, b, h0=None, *, reverse=False, engine=None):
     """h_t = a_t * h_{t-1} + b_t with h_{-1} = h0; reverse=True runs t = T-1 .. 0 with h_T = h0."""
-    _, impl, h0 = _setup(engine, h0, a=a, b=b)
+    _, impl, h0, a, b = _setup(engine, h0, a=a, b=b)
     return impl.scan(a, b, h0, checks.flag("reverse", reverse))
 
 
@@ -32,7 +34,7 @@ def scan_backward(a, h, dh, h0=None, *, reverse=False, engine=None):
     G_t = dh_t + a_{t+1} G_{t+1}; db = G; da_t = G_t h_{t-1}; dh0 = a_0 G_0 (forward direction).
     reverse=True is the adjoint of scan(..., reverse=True) (the same computation on flipped time).
     """
-    xp, impl, h0 = _setup(engine, h0, a=a, h=h, dh=dh)
+    xp, impl, h0, a, h, dh = _setup(engine, h0, a=a, h=h, dh=dh)
     if checks.flag("reverse", reverse):
         def flip(x):
             return xp.ascontiguousarray(x[:, ::-1])
@@ -49,7 +51,7 @@ def min_gru(k, v, h0=None, *, log_space=False, engine=None, out=None):
     result is written there and returned. Engines that take it (numba) write it directly, the others
     copy into it. A loop that reuses its buffers skips the allocation, whose first touch of fresh
     pages can cost more than the kernel (docs/BENCHMARKS.md)."""
-    xp, impl, h0 = _setup(engine, h0, k=k, v=v)
+    xp, impl, h0, k, v = _setup(engine, h0, k=k, v=v)
     outs = checks.outputs("out", out, {"h": (k.shape, k.dtype)}, {"k": k, "v": v, "h0": h0}, xp)
     log_space = checks.flag("log_space", log_space)
     if outs is None:
@@ -60,7 +62,7 @@ def min_gru(k, v, h0=None, *, log_space=False, engine=None, out=None):
 def min_gru_backward(k, v, h, dh, h0=None, *, log_space=False, engine=None, out=None):
     """(dk, dv, dh0) of `min_gru` given its output h and dL/dh. out: optional preallocated
     (dk, dv, dh0), as `min_gru`'s out."""
-    xp, impl, h0 = _setup(engine, h0, k=k, v=v, h=h, dh=dh)
+    xp, impl, h0, k, v, h, dh = _setup(engine, h0, k=k, v=v, h=h, dh=dh)
     like = {"dk": (k.shape, k.dtype), "dv": (k.shape, k.dtype), "dh0": (h0.shape, k.dtype)}
     outs = checks.outputs("out", out, like, {"k": k, "v": v, "h": h, "dh": dh, "h0": h0}, xp)
     log_space = checks.flag("log_space", log_space)
@@ -82,6 +84,7 @@ def _into(xp, impl, outs, call):
 
 def min_gru_step(k_t, v_t, h_prev, *, log_space=False):
     """One recurrent step on (B, D) arrays: the constant-memory inference form of `min_gru`."""
+    k_t, v_t, h_prev = checks.inputs(2, k_t=k_t, v_t=v_t, h_prev=h_prev).values()
     xp = checks.step_inputs(k_t=k_t, v_t=v_t, h_prev=h_prev)
     a, b = gates.min_gru_coeffs(xp, k_t, v_t, checks.flag("log_space", log_space))
     return a * h_prev + b
@@ -90,20 +93,21 @@ def min_gru_step(k_t, v_t, h_prev, *, log_space=False):
 def min_lstm(kf, ki, v, h0=None, *, normalize=True, log_space=False, engine=None):
     """minLSTM: f = sigmoid(kf), i = sigmoid(ki); normalize: f' = f/(f+i), i' = i/(f+i);
     h_t = f'_t h_{t-1} + i'_t h~_t (without normalize: f and i as they are)."""
-    _, impl, h0 = _setup(engine, h0, kf=kf, ki=ki, v=v)
+    _, impl, h0, kf, ki, v = _setup(engine, h0, kf=kf, ki=ki, v=v)
     return impl.min_lstm(kf, ki, v, h0, checks.flag("normalize", normalize),
                          checks.flag("log_space", log_space))
 
 
 def min_lstm_backward(kf, ki, v, h, dh, h0=None, *, normalize=True, log_space=False, engine=None):
     """(dkf, dki, dv, dh0) of `min_lstm` given its output h and dL/dh."""
-    _, impl, h0 = _setup(engine, h0, kf=kf, ki=ki, v=v, h=h, dh=dh)
+    _, impl, h0, kf, ki, v, h, dh = _setup(engine, h0, kf=kf, ki=ki, v=v, h=h, dh=dh)
     return impl.min_lstm_backward(kf, ki, v, h, dh, h0, checks.flag("normalize", normalize),
                                   checks.flag("log_space", log_space))
 
 
 def min_lstm_step(kf_t, ki_t, v_t, h_prev, *, normalize=True, log_space=False):
     """One recurrent step of `min_lstm` on (B, D) arrays."""
+    kf_t, ki_t, v_t, h_prev = checks.inputs(2, kf_t=kf_t, ki_t=ki_t, v_t=v_t, h_prev=h_prev).values()
     xp = checks.step_inputs(kf_t=kf_t, ki_t=ki_t, v_t=v_t, h_prev=h_prev)
     a, b = gates.min_lstm_coeffs(xp, kf_t, ki_t, v_t, checks.flag("normalize", normalize),
                                  checks.flag("log_space", log_space))
@@ -111,26 +115,27 @@ def min_lstm_step(kf_t, ki_t, v_t, h_prev, *, normalize=True, log_space=False):
 
 
 def _lru_setup(engine, lam, h0, **seqs):
+    """(engine module, lam, h0, *seqs), as `_setup`."""
+    seqs, lam = checks.inputs(3, **seqs), checks.as_input("lam", lam, 1)
     xp = checks.same_module(lam=lam, h0=h0, **seqs)
     shape, dtype = checks.sequences(tuple(checks.COMPLEX), **seqs)
-    checks.array("lam", lam, 1)
     if lam.shape != (shape[2],) or lam.dtype != dtype:
         raise ValueError(f"lam: expected shape (D,) = ({shape[2]},) and dtype {dtype}, "
                          f"got shape {tuple(lam.shape)} dtype {lam.dtype}")
     name, impl = get_engine(engine, xp)
     checks.engine_dtype(name, impl, dtype, next(iter(seqs)))
-    return impl, checks.state("h0", h0, shape, dtype, xp)
+    return impl, lam, checks.state("h0", h0, shape, dtype, xp), *seqs.values()
 
 
 def lru_scan(lam, bu, h0=None, *, engine=None):
     """LRU recurrence (Orvieto et al. 2023, eq. 1): h_t = lam * h_{t-1} + bu_t, complex, lam (D,)
     per channel (diagonal Lambda), bu (B, T, D) = gamma * (B u_t) computed by the caller."""
-    impl, h0 = _lru_setup(engine, lam, h0, bu=bu)
+    impl, lam, h0, bu = _lru_setup(engine, lam, h0, bu=bu)
     return impl.lru_scan(lam, bu, h0)
 
 
 def lru_scan_backward(lam, h, dh, h0=None, *, engine=None):
     """(dlam, dbu, dh0) of `lru_scan` with complex gradients as dL/dRe + i dL/dIm (PyTorch's
     convention): dbu_t = G_t = dh_t + conj(lam) G_{t+1}, dlam = sum_{b,t} G_t conj(h_{t-1})."""
-    impl, h0 = _lru_setup(engine, lam, h0, h=h, dh=dh)
+    impl, lam, h0, h, dh = _lru_setup(engine, lam, h0, h=h, dh=dh)
     return impl.lru_scan_backward(lam, h, dh, h0)

@@ -19,16 +19,45 @@ def _desc(x) -> str:
     return f"{mod}.{type(x).__name__} shape {tuple(x.shape)} dtype {x.dtype}"
 
 
-def array(name: str, x, ndim: int):
-    """x must be a NumPy/CuPy array of `ndim` dimensions, C-contiguous."""
-    if not hasattr(x, "__array_interface__") and not hasattr(x, "__cuda_array_interface__"):
-        raise TypeError(f"{name}: expected a numpy or cupy array, got {type(x).__name__}")
+def _is_array(x) -> bool:
+    return isinstance(x, np.ndarray) or type(x).__module__.split(".")[0] == "cupy"
+
+
+def _ndim(name: str, x, ndim: int):
     if x.ndim != ndim:
         want = {1: "(D,)", 2: "(B, D)", 3: "(B, T, D)"}[ndim]
         raise ValueError(f"{name}: expected {ndim} dimensions {want}, got {_desc(x)}")
+
+
+def as_input(name: str, x, ndim: int):
+    """An input as the kernels take it: a NumPy/CuPy array of `ndim` dimensions, C-contiguous, native
+    byte order. Strided views, Fortran order, other byte orders and objects exposing only
+    __array_interface__ are converted once; masked arrays are refused (their masks would be ignored)."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{name}: masked arrays are not supported (the mask would be ignored); pass "
+                        f"{name}.filled(value) or {name}.data")
+    if not _is_array(x):
+        if not hasattr(x, "__array_interface__") and not hasattr(x, "__array__"):
+            raise TypeError(f"{name}: expected a numpy or cupy array, got {type(x).__name__}")
+        x = np.asarray(x)
+    _ndim(name, x, ndim)
+    if not x.dtype.isnative:
+        x = x.astype(x.dtype.newbyteorder("="))
+    xp = get_array_module(x)
+    return x if x.flags.c_contiguous else xp.ascontiguousarray(x)
+
+
+def array(name: str, x, ndim: int):
+    """An output (`out=`) array: NumPy/CuPy, `ndim` dimensions, C-contiguous and writeable (the
+    kernels write it in place, so nothing is converted)."""
+    if not _is_array(x):
+        raise TypeError(f"{name}: expected a numpy or cupy array, got {type(x).__name__}")
+    _ndim(name, x, ndim)
     if not x.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array, got a strided view ({_desc(x)}); "
-                         f"pass xp.ascontiguousarray({name})")
+                         "the result is written in place, so pass a contiguous array")
+    if not getattr(x.flags, "writeable", True):
+        raise ValueError(f"{name}: the array is read-only ({_desc(x)}); pass a writeable array")
     return x
 
 
@@ -42,11 +71,16 @@ def same_module(**named):
     return get_array_module(*[v for v in named.values() if v is not None])
 
 
+def inputs(ndim: int, **named) -> dict:
+    """`as_input` on every named array (None passes through)."""
+    return {k: None if x is None else as_input(k, x, ndim) for k, x in named.items()}
+
+
 def sequences(dtypes=SEQ_REAL, **named):
-    """(B, T, D) arrays of one shape and one dtype from `dtypes`. Returns (shape, dtype)."""
+    """(B, T, D) arrays (already `as_input`) of one shape and one dtype from `dtypes`. Returns
+    (shape, dtype)."""
     first = None
     for name, x in named.items():
-        array(name, x, 3)
         if x.dtype not in dtypes:
             raise TypeError(f"{name}: expected dtype {' or '.join(str(d) for d in dtypes)}, got {x.dtype}")
         if first is None:
@@ -66,7 +100,7 @@ def state(name: str, h0, shape, dtype, xp):
     B, _, D = shape
     if h0 is None:
         return xp.zeros((B, D), dtype=dtype)
-    array(name, h0, 2)
+    h0 = as_input(name, h0, 2)
     if tuple(h0.shape) != (B, D):
         raise ValueError(f"{name}: expected shape (B, D) = {(B, D)}, got {tuple(h0.shape)}")
     if h0.dtype != dtype:
@@ -95,8 +129,12 @@ def outputs(name: str, out, like: dict, inputs: dict, xp):
         for iname, x in inputs.items():
             if x is not None and xp.may_share_memory(o, x):
                 raise ValueError(f"{label}: shares memory with input {iname}; pass a separate array")
-    if len({id(o) for o in outs}) != len(outs):
-        raise ValueError(f"{name}: the output arrays must be distinct")
+    names = list(like)
+    for i in range(len(outs)):
+        for j in range(i + 1, len(outs)):
+            if outs[i] is outs[j] or xp.may_share_memory(outs[i], outs[j]):
+                raise ValueError(f"{name}: outputs {names[i]} and {names[j]} share memory; the output arrays "
+                                 "must be distinct, non-overlapping arrays")
     return outs
 
 
@@ -115,10 +153,9 @@ def engine_dtype(engine_name: str, impl, dtype, name: str):
 
 
 def step_inputs(**named):
-    """(B, D) arrays of one shape and one real dtype for the *_step functions."""
+    """(B, D) arrays (already `as_input`) of one shape and one real dtype for the *_step functions."""
     first = None
     for name, x in named.items():
-        array(name, x, 2)
         if x.dtype not in REAL:
             raise TypeError(f"{name}: expected dtype float32 or float64, got {x.dtype}")
         if first is not None and (x.shape != first[1].shape or x.dtype != first[1].dtype):

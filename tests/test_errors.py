@@ -46,13 +46,12 @@ def _cases():
     yield "mixed", lambda: mincore.scan(a, seq("float32")), TypeError, ["b:", "float32", "float64"]
     yield "mixed lstm", lambda: mincore.min_lstm(a, a, seq("float32")), TypeError, ["v:", "float32"]
     yield "float16", lambda: mincore.scan(a.astype(np.float16), b.astype(np.float16)), TypeError, ["a:", "float16"]
-    yield "a strided", lambda: mincore.scan(seq(shape=(B, 2 * T, D))[:, ::2], b), ValueError, \
-        ["a:", "contiguous"]
-    yield "v transposed", lambda: mincore.min_gru(a, seq(shape=(D, T, B)).T), ValueError, ["v:", "contiguous"]
+    yield "a masked", lambda: mincore.scan(np.ma.masked_less(a, 0), b), TypeError, ["a:", "masked"]
+    yield "h0 masked", lambda: mincore.scan(a, b, np.ma.masked_less(seq(shape=(B, D)), 0)), TypeError, \
+        ["h0:", "masked"]
     yield "h0 shape", lambda: mincore.scan(a, b, seq(shape=(B, D + 1))), ValueError, ["h0:", "(2, 4)"]
     yield "h0 ndim", lambda: mincore.min_gru(a, b, seq(shape=(B, 1, D))), ValueError, ["h0:"]
     yield "h0 dtype", lambda: mincore.scan(a, b, seq("float32", (B, D))), TypeError, ["h0:", "float32"]
-    yield "h0 strided", lambda: mincore.scan(a, b, seq(shape=(B, 2 * D))[:, ::2]), ValueError, ["h0:"]
     yield "list", lambda: mincore.scan(a.tolist(), b), TypeError, ["a:", "list"]
     yield "dh shape", lambda: mincore.scan_backward(a, h, seq(shape=(B, T, 1))), ValueError, ["dh:"]
     yield "h shape", lambda: mincore.min_gru_backward(a, b, seq(shape=(1, T, D)), h), ValueError, ["h:"]
@@ -72,6 +71,12 @@ def _cases():
     yield "out list", lambda: mincore.min_gru(a, b, out=[e3]), TypeError, ["out:", "list"]
     yield "out strided", lambda: mincore.min_gru(a, b, out=seq(shape=(B, 2 * T, D))[:, ::2]), ValueError, \
         ["out:", "contiguous"]
+    ro = np.empty((B, T, D))
+    ro.flags.writeable = False
+    yield "out read-only", lambda: mincore.min_gru(a, b, out=ro), ValueError, ["out:", "read-only"]
+    buf = np.empty((2, B, T, D))
+    yield "bwd outs overlap", lambda: mincore.min_gru_backward(a, b, h, h, out=(buf[0], buf[0][:], e2)), \
+        ValueError, ["out:", "dk", "dv", "share memory"]
     yield "bwd out count", lambda: mincore.min_gru_backward(a, b, h, h, out=(e3, e3.copy())), TypeError, \
         ["out:", "3 arrays"]
     yield "bwd out dh0", lambda: mincore.min_gru_backward(a, b, h, h, out=(e3, e3.copy(), e3.copy())), ValueError, \
@@ -156,3 +161,30 @@ def test_logspace_saturated_gates_stay_finite():
         want = mincore.min_gru(k.astype(np.float64), v.astype(np.float64), engine="numpy")
         assert_close(h, want, tolerance("logspace", dtype), "saturated min_gru",
                      log_space_extent(np.exp(-np.logaddexp(0, k.astype(np.float64)))))
+
+
+class _OnlyArrayInterface:
+    """An array-like that exposes nothing but __array_interface__ (as some libraries' buffers do)."""
+
+    def __init__(self, x):
+        self._x = x
+        self.__array_interface__ = x.__array_interface__
+
+
+def test_any_numpy_layout_is_accepted_and_converted_once():
+    """Strided views, Fortran order, big-endian data and __array_interface__-only objects give the same
+    results as the C-contiguous native arrays (inputs only: out= must be written in place)."""
+    a, b, h0 = seq(shape=(B, T, D)), seq(shape=(B, T, D)), seq(shape=(B, D))
+    want = mincore.min_gru(a, b, h0)
+    wide, hwide = seq(shape=(B, 2 * T, D)), seq(shape=(B, 2 * D))
+    wide[:, ::2], hwide[:, ::2] = a, h0
+    fortran = np.asfortranarray(b)
+    swapped = b.astype(b.dtype.newbyteorder(">"))
+    cases = {"strided": (wide[:, ::2], b, h0), "h0 strided": (a, b, hwide[:, ::2]), "fortran": (a, fortran, h0),
+             "big-endian": (a, swapped, h0), "array interface": (_OnlyArrayInterface(a), b, h0)}
+    for what, (x, y, s0) in cases.items():
+        np.testing.assert_array_equal(mincore.min_gru(x, y, s0), want, err_msg=what)
+    grads = mincore.min_gru_backward(a, b, want, b, h0)
+    for got, w in zip(mincore.min_gru_backward(wide[:, ::2], fortran, want, swapped, hwide[:, ::2]), grads,
+                      strict=True):
+        np.testing.assert_array_equal(got, w)
