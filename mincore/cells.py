@@ -2,6 +2,9 @@
 
 Every function works for any T >= 0 and takes an optional initial state h0 of shape (B, D) (None means
 zeros). The last state is h[:, -1], so a long sequence can be processed in chunks by carrying it.
+h0 is the state h_{-1} itself in every mode: with log_space=True it is not passed through g (the
+log-space engine needs it >= 0 then only for speed, not for correctness); a model that learns its
+initial state applies g itself, as mincore.layers does.
 Backward functions take the forward output h, so nothing is recomputed through autograd.
 """
 
@@ -45,7 +48,8 @@ def scan_backward(a, h, dh, h0=None, *, reverse=False, engine=None):
 
 def min_gru(k, v, h0=None, *, log_space=False, engine=None, out=None):
     """minGRU over a whole sequence: z = sigmoid(k), h~ = v (log_space: g(v)),
-    h_t = (1 - z_t) h_{t-1} + z_t h~_t. k, v: (B, T, D) pre-activations from the input alone.
+    h_t = (1 - z_t) h_{t-1} + z_t h~_t. k, v: (B, T, D) pre-activations from the input alone; h0 is
+    h_{-1} itself (not g(h0), also with log_space).
 
     out: an optional preallocated h (same shape and dtype as k, not overlapping the inputs); the
     result is written there and returned. Engines that take it (numba) write it directly, the others
@@ -92,7 +96,8 @@ def min_gru_step(k_t, v_t, h_prev, *, log_space=False):
 
 def min_lstm(kf, ki, v, h0=None, *, normalize=True, log_space=False, engine=None):
     """minLSTM: f = sigmoid(kf), i = sigmoid(ki); normalize: f' = f/(f+i), i' = i/(f+i);
-    h_t = f'_t h_{t-1} + i'_t h~_t (without normalize: f and i as they are)."""
+    h_t = f'_t h_{t-1} + i'_t h~_t (without normalize: f and i as they are); h~ = v (log_space: g(v));
+    h0 is h_{-1} itself (not g(h0), also with log_space)."""
     _, impl, h0, kf, ki, v = _setup(engine, h0, kf=kf, ki=ki, v=v)
     return impl.min_lstm(kf, ki, v, h0, checks.flag("normalize", normalize),
                          checks.flag("log_space", log_space))

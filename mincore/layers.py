@@ -20,8 +20,9 @@ import numpy as np
 from mincore import cells
 from mincore.autograd import Parameter, Tensor, as_tensor, nn, no_grad, ops, primitive
 from mincore.backend import get_array_module
+from mincore.kernels import gates
 
-__all__ = ["min_gru_op", "min_lstm_op", "lookup_scan_op", "lru_op", "MinGRU", "MinLSTM", "LRU"]
+__all__ = ["min_gru_op", "min_lstm_op", "lookup_scan_op", "lru_op", "g_op", "MinGRU", "MinLSTM", "LRU"]
 
 
 def _split(xp, x, n):
@@ -176,19 +177,31 @@ def lru_op(x, B, nu_log, theta_log, gamma_log, h0, *, engine=None):
     return h.view(x.dtype), lru_vjp
 
 
+@primitive
+def g_op(x):
+    """h = g(x), the paper's positive activation (appendix B: x + 1/2 for x >= 0, sigmoid(x) below);
+    VJP g'(x) = 1 or sigmoid(x) (1 - sigmoid(x))."""
+    xp = get_array_module(x)
+
+    def g_vjp(g):
+        return (g * gates.dg(xp, x),)
+    return gates.g(xp, x).astype(x.dtype, copy=False), g_vjp
+
+
 # ------------------------------------------------------------------------------ layers
 class _MinRNN(nn.Module):
-    """Shared body: to_hidden (dim -> n_pre * inner), the scan, to_out (inner -> dim, skipped when
-    inner == dim, as in the official code), optional learned initial state (learn_h0: a (inner,)
-    parameter, zeros at init, used as h0 as it is, also with log_space: the official code's choice
-    between a learned state and zeros; the paper's listings disagree on g(h0) vs h0)."""
+    """Shared body: to_hidden (dim -> n_pre * inner, inner = int(expansion * dim) as in the official
+    code and minGRU-pytorch), the scan, to_out (inner -> dim without bias, skipped when inner == dim:
+    minGRU-pytorch's choice; the official code always projects, with a bias), and an optional learned
+    initial state (learn_h0: a (inner,) parameter, zeros at init; with log_space the state is g(h0),
+    as in the official code, so it is positive like every log-space state; else h0 itself)."""
 
     n_pre, cell = 2, "min_gru"  # pre-activations per step, and the kernel (mincore.cells) that scans them
 
     def __init__(self, dim, expansion=1.0, *, log_space=False, learn_h0=False, bias=True, engine=None,
                  rng=None):
         rng = rng if rng is not None else np.random.default_rng(0)
-        self.dim, self.inner = dim, int(round(expansion * dim))
+        self.dim, self.inner = dim, int(expansion * dim)
         self.log_space, self.engine = log_space, engine
         self.to_hidden = nn.Linear(dim, self.n_pre * self.inner, bias=bias, rng=rng)
         self.to_out = nn.Linear(self.inner, dim, bias=False, rng=rng) if self.inner != dim else None
@@ -197,7 +210,9 @@ class _MinRNN(nn.Module):
     def _h0(self, h0, batch):
         if h0 is not None:
             return as_tensor(h0)
-        return None if self.h0 is None else ops.broadcast_to(self.h0, (batch, self.inner))
+        if self.h0 is None:
+            return None
+        return ops.broadcast_to(g_op(self.h0) if self.log_space else self.h0, (batch, self.inner))
 
     def kernel_kw(self) -> dict:
         """The keyword arguments of this layer's kernels: mincore.<cell>(*pre, h0, **kernel_kw())."""

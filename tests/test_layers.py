@@ -59,6 +59,9 @@ def state_width(layer):
 def test_layer_gradients_vs_finite_differences(kind, learn_h0):
     layer = LAYERS[kind](learn_h0=learn_h0, rng=np.random.default_rng(1)).to(dtype=np.float64)
     rng = np.random.default_rng(2)
+    if learn_h0 and getattr(layer, "log_space", False):  # g(h0) has a kink at 0, where it starts:
+        p = layer.h0.data  # move it off the kink so that central differences hold
+        p[...] = rng.uniform(0.2, 1.0, p.shape) * rng.choice([-1.0, 1.0], p.shape)
     x = rng.standard_normal((2, 7, 3))
     f, params = as_function(layer)
     h0 = rng.standard_normal((2, state_width(layer)))
@@ -254,3 +257,23 @@ def test_module_state_dict_round_trip_and_modes():
     x = np.zeros((1, 3), np.int64)
     np.testing.assert_array_equal(m2(x)[0].data, m2(x)[0].data)  # eval: dropout off, deterministic
     assert m2.train().blocks[0].drop.training
+
+
+def test_learned_h0_goes_through_g_in_log_space():
+    """With log_space the learned initial state is g(h0) (positive, as in the official code); without,
+    h0 itself. Checked against the array API with the state passed explicitly."""
+    from mincore.kernels import gates
+
+    for log_space in (False, True):
+        layer = MinGRU(4, learn_h0=True, log_space=log_space, rng=np.random.default_rng(0))
+        layer.h0.data[...] = np.array([-2.0, -0.5, 0.0, 1.5], np.float32)
+        x = np.random.default_rng(1).standard_normal((2, 5, 4)).astype(np.float32)
+        state = gates.g(np, layer.h0.data) if log_space else layer.h0.data
+        want = layer(x, np.ascontiguousarray(np.broadcast_to(state, (2, 4))))[0].data
+        np.testing.assert_allclose(layer(x)[0].data, want, rtol=1e-6)
+
+
+def test_inner_width_truncates_like_the_reference_code():
+    """inner = int(expansion * dim), as the official code and minGRU-pytorch: dim 5, expansion 1.5 -> 7."""
+    assert MinGRU(5, expansion=1.5).inner == 7
+    assert MinLSTM(6, expansion=1.5).inner == 9
