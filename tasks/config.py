@@ -1,5 +1,6 @@
 """LoopConfig, the settings every task's Config starts from, and the two ways a Config is made:
-from a named preset, and back from the dict that config.json and every checkpoint keep."""
+from a named preset, and back from the dict that config.json and every checkpoint keep; with them,
+task_functions: the config, from_dict, train and describe a task module exposes."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-__all__ = ["LoopConfig", "preset_config", "config_from_dict"]
+__all__ = ["LoopConfig", "preset_config", "config_from_dict", "describe", "task_functions"]
 
 
 @dataclass(frozen=True)
@@ -51,3 +52,42 @@ def config_from_dict(cls, d: dict, task: str):
     if unknown:
         raise ValueError(f"unknown {task}-task config fields {unknown}")
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+# ------------------------------------------------------------------------------ task-module helpers
+def describe(summary: dict, metric: str) -> str:
+    """A finished run in one line: task, model, the held-out `metric` (and the loss when the metric is
+    another figure), steps, time, status."""
+    s, wall = summary, summary["wall_seconds"]
+    loss = f" (loss {s['loss']:.4f})" if metric != "loss" else ""
+    took = f"{int(wall // 60)}m{wall % 60:04.1f}s" if wall >= 60 else f"{wall:.1f}s"
+    return (f"{s['task']} {s.get('model', '')}: held-out {metric} {s[metric]:.4f}{loss} after {s['steps']} "
+            f"steps in {took} [{s['status']}]")
+
+
+def task_functions(name: str, config_cls, presets: dict, task_cls):
+    """config, from_dict, train and describe of a task module (the contract in mincore.tasks), the
+    same for every task whose Task(cfg) is all that training needs."""
+    def config(preset: str = "default", **overrides):
+        """A preset with some fields replaced (None values are ignored)."""
+        return preset_config(presets, preset, **overrides)
+
+    def from_dict(d: dict):
+        """The Config saved in config.json / a checkpoint."""
+        return config_from_dict(config_cls, d, name)
+
+    def train_task(cfg, out=f"runs/{name}", *, resume: bool = False, force: bool = False,
+                   progress: bool = True) -> dict:
+        """Train the task into `out` (files: mincore.tasks.rundir); returns the summary. A folder
+        holding a run is refused unless `resume` continues it or `force` replaces it."""
+        from .loop import train  # the loop imports this module
+
+        return train(task_cls(cfg), cfg, out, task_name=name, resume=resume, force=force, progress=progress)
+
+    def describe_run(summary: dict) -> str:
+        """The finished run in words (`mincore train` prints it)."""
+        return describe(summary, task_cls.metric)
+
+    train_task.__name__ = train_task.__qualname__ = "train"
+    describe_run.__name__ = describe_run.__qualname__ = "describe"
+    return config, from_dict, train_task, describe_run

@@ -3,9 +3,14 @@
 A task (the contract in mincore.tasks) is trained on the arrays its engine takes: `place` moves the
 model there and sets task.xp (numpy or cupy, from the engine table), so a task builds everything on
 the host and moves batches with task.xp (`to_device` for a dict of arrays). Files written to `out`
-are those of tasks/rundir.py. Resuming restores parameters, AdamW moments, the step, the data
-Generator and every dropout Generator, so on the CPU a resumed run is bit-identical to an
-uninterrupted one.
+are those of tasks/rundir.py; the folder is locked while a run trains in it. Resuming restores
+parameters, AdamW moments, the step, the data Generator and every dropout Generator, so on the CPU a
+resumed run is bit-identical to an uninterrupted one.
+
+What is written is checked first: a step whose loss, gradients or updated parameters are not finite,
+or an evaluation with a non-finite figure, stops the run (NonFiniteLoss) before any checkpoint, so the
+checkpoint on disk is always the last good one. Ctrl-C (SIGINT) and SIGTERM finish the step, checkpoint
+and return status "interrupted".
 """
 
 from __future__ import annotations
@@ -22,15 +27,16 @@ import numpy as np
 from mincore.autograd import load_checkpoint, optim, save_checkpoint
 from mincore.backend import engine_array_module, get_array_module, resolve_engine
 
-from .config import LoopConfig, config_from_dict, preset_config
-from .rundir import FILES, RunDir, machine, plot_curves
+from .config import LoopConfig, config_from_dict, describe, preset_config, task_functions
+from .rundir import FILES, RunDir, RunFolderBusy, machine, plot_curves
 
-__all__ = ["LoopConfig", "NonFiniteLoss", "train", "FILES", "place", "to_device", "to_host", "describe",
-           "task_functions", "preset_config", "config_from_dict"]
+__all__ = ["LoopConfig", "NonFiniteLoss", "RunFolderBusy", "train", "FILES", "place", "to_device", "to_host",
+           "describe", "task_functions", "preset_config", "config_from_dict"]
 
 
 class NonFiniteLoss(RuntimeError):
-    """Raised after a clean stop on a NaN/inf loss or gradient; the last good checkpoint is kept."""
+    """Raised after a clean stop on a NaN/inf loss, gradient, parameter or held-out figure; the
+    checkpoint on disk (named in the message) is the last good one."""
 
 
 # ------------------------------------------------------------------------------ where arrays live
@@ -57,20 +63,26 @@ def to_host(a) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ the loop
-def train(task, cfg, out, *, task_name: str, resume: bool = False, progress: bool = True,
+def train(task, cfg, out, *, task_name: str, resume: bool = False, force: bool = False, progress: bool = True,
           extra: dict | None = None, report: Callable[[dict], dict] | None = None) -> dict:
     """Train `task` with `cfg` (a LoopConfig subclass) into directory `out`; returns the summary.
+    A folder holding a run is refused (FileExistsError) unless `resume` continues it or `force`
+    replaces it; one in use by another process is refused at once (RunFolderBusy).
     `extra`: more keys for config.json, checkpoints and summary.json (task.meta() gives the task's
     own); `report(summary)`: more keys for summary.json, computed after training (rl: scores)."""
     cfg.validate()
-    task.xp = place(task.model, cfg.engine)
-    run = _Training(task, cfg, out, _meta(task, cfg, task_name, extra))
-    run.resume() if resume else run.files.clear()
-    run.start()
-    status = run.steps(progress)
-    if status == "interrupted":
-        return run.interrupted()
-    return run.finish(status, report)
+    files = RunDir(out)
+    with files.locked():
+        files.prepare(resume, force)
+        task.xp = place(task.model, cfg.engine)
+        run = _Training(task, cfg, files, _meta(task, cfg, task_name, extra))
+        if resume:
+            run.resume()
+        run.start()
+        status = run.steps(progress)
+        if status == "interrupted":
+            return run.interrupted()
+        return run.finish(status, report)
 
 
 def _meta(task, cfg, task_name, extra) -> dict:
@@ -82,13 +94,14 @@ def _meta(task, cfg, task_name, extra) -> dict:
 class _Training:
     """One run: the optimizer, the data Generator and what a checkpoint keeps besides them."""
 
-    def __init__(self, task, cfg, out, meta):
-        self.task, self.cfg, self.meta, self.model = task, cfg, meta, task.model
-        self.files = RunDir(out)
+    def __init__(self, task, cfg, files, meta):
+        self.task, self.cfg, self.meta, self.model, self.files = task, cfg, meta, task.model, files
         self.opt = optim.AdamW(task.param_groups(), lr=cfg.lr, betas=tuple(cfg.betas))
         self.data_rng = np.random.default_rng((cfg.seed, 1))  # model init uses (seed); data its own stream
         self.step, self.wall0, self.best, self.bad_evals = 0, 0.0, None, 0
         self.last_eval, self.ev = None, {}  # the step of the latest evaluation, and its metrics
+        self.saved = None  # the step of the checkpoint on disk (None: none of this run)
+        self.signal = None  # the name of the signal that stopped the run
         # gradients accumulate over micro-batches of batch_size / n_micro sequences
         self.n_micro = cfg.batch_size // min(cfg.micro_batch or cfg.batch_size, cfg.batch_size)
 
@@ -98,7 +111,7 @@ class _Training:
         loop = ck.config["loop"]
         for g, s in zip(_rngs(self.model), loop["rngs"], strict=True):
             g.bit_generator.state = s
-        self.step, self.wall0 = ck.step, loop["wall_seconds"]
+        self.step, self.wall0, self.saved = ck.step, loop["wall_seconds"], ck.step
         self.best, self.bad_evals = loop["best"], loop["bad_evals"]
         self.files.keep_events_until(self.step)
 
@@ -111,7 +124,7 @@ class _Training:
         return self.wall0 + time.perf_counter() - self.t0
 
     def steps(self, progress) -> str:
-        """Optimizer steps until cfg.steps, Ctrl-C or early stopping; the run's status."""
+        """Optimizer steps until cfg.steps, Ctrl-C / SIGTERM or early stopping; the run's status."""
         from tqdm.auto import tqdm
 
         cfg, status, acc = self.cfg, "completed", {}
@@ -119,7 +132,7 @@ class _Training:
                    desc=f"{self.meta['task']} {getattr(cfg, 'model', '')}".strip())
         self.model.train()
         try:
-            with _sigint_flag() as flag:
+            with _stop_flag() as flag:
                 while self.step < cfg.steps:
                     self.schedule()
                     acc = _add(acc, self.optimizer_step())
@@ -132,7 +145,7 @@ class _Training:
                         status = "early-stopped"
                         break
                     if flag["stop"]:
-                        status = "interrupted"
+                        status, self.signal = "interrupted", flag["stop"]
                         break
         finally:
             bar.close()
@@ -154,18 +167,25 @@ class _Training:
             for k, v in {"loss": float(loss.item()), **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + v / n
         norm = optim.clip_grad_norm(self.model.parameters(), self.cfg.clip if self.cfg.clip > 0 else math.inf)
-        if not (math.isfinite(sums["loss"]) and math.isfinite(norm)):
-            self.stop_non_finite(sums["loss"], norm)
+        stats = {"split": "train", "loss": sums["loss"], "grad_norm": norm}
+        if not math.isfinite(sums["loss"]):
+            self.stop_non_finite(self.step + 1, "loss", stats)
+        if not math.isfinite(norm):
+            self.stop_non_finite(self.step + 1, "gradient", stats, f" (norm {norm})")
         self.opt.step()
         self.step += 1
+        bad = _non_finite_parameters(self.model, self.task.xp)
+        if bad:
+            names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            self.stop_non_finite(self.step, "parameters", stats, f" after the optimizer step ({names})")
         return sums
 
-    def stop_non_finite(self, loss, norm):
-        self.files.log(step=self.step + 1, split="train", event="non-finite", loss=loss, grad_norm=norm)
-        kept = (f"last good checkpoint {self.files.checkpoint} (step {self.last_eval})" if self.last_eval is not None
-                else "no checkpoint was written yet")
-        raise NonFiniteLoss(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'} at step "
-                            f"{self.step + 1}; training stopped; {kept}")
+    def stop_non_finite(self, step, what, event, detail=""):
+        """Log the event and stop; nothing else is written, so the checkpoint on disk stays the last good one."""
+        self.files.log(step=step, **event, event="non-finite")
+        kept = (f"last good checkpoint: {self.files.checkpoint} (step {self.saved})" if self.saved is not None
+                else "no checkpoint was written")
+        raise NonFiniteLoss(f"non-finite {what} at step {step}{detail}; training stopped; {kept}")
 
     def log_train(self, acc, bar):
         """The mean training metrics since the last log line, to metrics.jsonl and the progress bar."""
@@ -179,12 +199,15 @@ class _Training:
         bar.set_postfix(shown, refresh=False)
 
     def evaluate(self) -> dict:
-        """The task's held-out metrics (model in eval mode), logged."""
+        """The task's held-out metrics (model in eval mode), logged; a non-finite one stops the run."""
         self.model.eval()
         metrics = self.task.evaluate()
         self.model.train()
-        self.files.log(step=self.step, split="eval", **metrics, lr=self.opt.param_groups[0]["lr"],
-                       wall=round(self.wall(), 3))
+        event = {"split": "eval", **metrics, "lr": self.opt.param_groups[0]["lr"], "wall": round(self.wall(), 3)}
+        bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            self.stop_non_finite(self.step, f"held-out {', '.join(bad)}", event)
+        self.files.log(step=self.step, **event)
         return metrics
 
     def evaluate_and_checkpoint(self, bar) -> bool:
@@ -204,18 +227,20 @@ class _Training:
                 "best": self.best, "bad_evals": self.bad_evals}
         save_checkpoint(self.files.checkpoint, self.model, self.opt, step=self.step, rng=self.data_rng,
                         config={**self.meta, "loop": loop})
+        self.saved = self.step
 
     def interrupted(self) -> dict:
-        """Ctrl-C: a checkpoint of this step (unless its evaluation just wrote one), no summary."""
-        if self.last_eval != self.step:
+        """Ctrl-C or SIGTERM: a checkpoint of this step (unless one was just written), no summary."""
+        if self.saved != self.step:
             self.checkpoint()
-        self.files.log(step=self.step, split="train", event="interrupted", wall=round(self.wall(), 3))
-        return {"status": "interrupted", "steps": self.step, "wall_seconds": self.wall()}
+        self.files.log(step=self.step, split="train", event="interrupted", signal=self.signal,
+                       wall=round(self.wall(), 3))
+        return {"status": "interrupted", "signal": self.signal, "steps": self.step, "wall_seconds": self.wall()}
 
     def finish(self, status, report) -> dict:
         """Final held-out metrics (the last evaluation when it was this step), summary.json, the plot."""
         final = self.ev if self.last_eval == self.step else self.evaluate()
-        if self.last_eval != self.step:
+        if self.saved != self.step:
             self.checkpoint()
         summary = {**self.meta, "status": status, **final, "steps": self.step,
                    "wall_seconds": round(self.wall(), 3), "parameters": self.model.num_parameters(),
@@ -241,25 +266,40 @@ def _rngs(model):
     return [m.rng for m in model.modules() if isinstance(getattr(m, "rng", None), np.random.Generator)]
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what `kill`, schedulers and containers send
+
+
 @contextlib.contextmanager
-def _sigint_flag():
-    """First Ctrl-C sets flag["stop"] (the loop finishes its step, checkpoints and returns); a second
-    Ctrl-C interrupts at once. Outside the main thread the default handler stays."""
-    flag = {"stop": False}
+def _stop_flag():
+    """The first SIGINT or SIGTERM sets flag["stop"] to its name (the loop finishes its step,
+    checkpoints and returns); a second one interrupts at once. Outside the main thread the default
+    handlers stay."""
+    flag = {"stop": None}
 
     def handler(signum, frame):
         if flag["stop"]:
             raise KeyboardInterrupt
-        flag["stop"] = True
-    try:
-        prev = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread
-        yield flag
-        return
+        flag["stop"] = signal.Signals(signum).name
+    prev = {}
+    with contextlib.suppress(ValueError):  # not the main thread: the first signal.signal refuses
+        for sig in _STOP_SIGNALS:
+            prev[sig] = signal.signal(sig, handler)
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, prev)
+        for sig, h in prev.items():
+            signal.signal(sig, h)
+
+
+def _non_finite_parameters(model, xp) -> list[str]:
+    """Names of the parameters holding an inf or NaN; [] when all are finite. One float64 sum per
+    parameter, added on the device and read once: a float32 sum cannot overflow float64, and inf or
+    NaN carries through, so the total is finite exactly when every entry is. Names only on failure."""
+    params = model.parameters()
+    total = sum(xp.sum(p.data, dtype=xp.float64) for p in params)
+    if math.isfinite(float(total)):
+        return []
+    return [n for n, p in model.named_parameters() if not bool(xp.isfinite(p.data).all())]
 
 
 def _engine_name(engine):
@@ -267,38 +307,3 @@ def _engine_name(engine):
         return engine or resolve_engine(None, np)
     except Exception:  # pragma: no cover - reporting only
         return str(engine)
-
-
-# ------------------------------------------------------------------------------ task-module helpers
-def describe(summary: dict, metric: str) -> str:
-    """A finished run in one line: task, model, the held-out `metric` (and the loss when the metric is
-    another figure), steps, time, status."""
-    s, wall = summary, summary["wall_seconds"]
-    loss = f" (loss {s['loss']:.4f})" if metric != "loss" else ""
-    took = f"{int(wall // 60)}m{wall % 60:04.1f}s" if wall >= 60 else f"{wall:.1f}s"
-    return (f"{s['task']} {s.get('model', '')}: held-out {metric} {s[metric]:.4f}{loss} after {s['steps']} "
-            f"steps in {took} [{s['status']}]")
-
-
-def task_functions(name: str, config_cls, presets: dict, task_cls):
-    """config, from_dict, train and describe of a task module (the contract in mincore.tasks), the
-    same for every task whose Task(cfg) is all that training needs."""
-    def config(preset: str = "default", **overrides):
-        """A preset with some fields replaced (None values are ignored)."""
-        return preset_config(presets, preset, **overrides)
-
-    def from_dict(d: dict):
-        """The Config saved in config.json / a checkpoint."""
-        return config_from_dict(config_cls, d, name)
-
-    def train_task(cfg, out=f"runs/{name}", *, resume: bool = False, progress: bool = True) -> dict:
-        """Train the task into `out` (files: mincore.tasks.rundir); returns the summary."""
-        return train(task_cls(cfg), cfg, out, task_name=name, resume=resume, progress=progress)
-
-    def describe_run(summary: dict) -> str:
-        """The finished run in words (`mincore train` prints it)."""
-        return describe(summary, task_cls.metric)
-
-    train_task.__name__ = train_task.__qualname__ = "train"
-    describe_run.__name__ = describe_run.__qualname__ = "describe"
-    return config, from_dict, train_task, describe_run
