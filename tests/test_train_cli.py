@@ -189,3 +189,28 @@ def test_keep_freed_memory_stops_page_faults_on_recycled_arrays():
         return
     assert out["tuned"][0] == "True"
     assert int(out["tuned"][1]) < 100 < int(out["default"][1]), out
+
+
+def test_train_into_a_folder_holding_a_run_fails_and_keeps_the_run(tmp_path, small_eval):
+    assert run("train", *FAST, "--steps", "1", "--out", str(tmp_path)).exit_code == 0
+    kept = {n: (tmp_path / n).read_bytes() for n in ("summary.json", "metrics.jsonl", "checkpoint.h5")}
+    r = CliRunner().invoke(main, ["train", *FAST, "--steps", "2", "--out", str(tmp_path)])
+    assert r.exit_code == 1 and f"{tmp_path} holds a run" in r.output and "Traceback" not in r.output
+    assert all((tmp_path / n).read_bytes() == b for n, b in kept.items())
+
+
+def test_train_into_a_folder_another_run_trains_in_fails_naming_its_pid(tmp_path, small_eval):
+    import subprocess
+    import sys
+
+    hold = "import sys, time\nfrom mincore.tasks.rundir import RunDir\nwith RunDir(sys.argv[1]).locked():\n" \
+           "    print('locked', flush=True)\n    time.sleep(120)\n"
+    other = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        r = CliRunner().invoke(main, ["train", *FAST, "--steps", "1", "--out", str(tmp_path)])
+    finally:
+        other.kill()
+        other.wait()
+    assert r.exit_code == 1 and f"in use by another training run (pid {other.pid})" in r.output
+    assert not (tmp_path / "config.json").exists()
