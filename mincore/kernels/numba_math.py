@@ -192,7 +192,7 @@ def _register(stub, key):
         return None if impl is None else impl[key]
 
 
-@overload(fast_lstm_gates)
+@overload(fast_lstm_gates, inline="always")
 def _ov_lstm_gates(kf, ki):
     impl = _IMPL.get(kf)
     return None if impl is None or ki != kf else impl["lstm_gates"]
