@@ -17,8 +17,15 @@ from . import functional as F
 from . import ops
 from .tensor import Parameter, Tensor, as_tensor
 
-__all__ = ["Module", "Parameter", "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout",
+__all__ = ["Module", "StateDictError", "Parameter", "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout",
            "CausalConv1d", "MLP", "GLU"]
+
+
+class StateDictError(ValueError, KeyError):
+    """A state dict whose names do not match the model's parameters: a ValueError, and a KeyError for
+    callers that catch missing names as such."""
+
+    __str__ = ValueError.__str__  # KeyError's __str__ would print the message as a quoted repr
 
 
 def _rng(rng):
@@ -89,19 +96,30 @@ class Module:
         return {n: p.numpy().copy() for n, p in self.named_parameters()}
 
     def load_state_dict(self, state: dict, strict: bool = True) -> None:
-        """Copy arrays into the parameters in place (keeping their array module and dtype)."""
+        """Copy arrays into the parameters in place (keeping their array module and dtype).
+
+        Everything is checked before anything is copied: names (with strict, the state must name
+        exactly the parameters: StateDictError lists the missing and the unexpected ones), shapes,
+        and dtypes (real numbers only; complex values are refused rather than cast)."""
         params = dict(self.named_parameters())
         missing = sorted(set(params) - set(state))
         unexpected = sorted(set(state) - set(params))
         if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict: missing {missing}, unexpected {unexpected}")
+            raise StateDictError(f"load_state_dict: the state does not match the model's parameters: "
+                                 f"missing {', '.join(missing) or 'none'}; unexpected "
+                                 f"{', '.join(unexpected) or 'none'}")
         for n, p in params.items():
             if n not in state:
                 continue
             a = state[n]
             if tuple(a.shape) != p.shape:
                 raise ValueError(f"load_state_dict: {n} has shape {tuple(a.shape)}, expected {p.shape}")
-            p.data = p.xp.asarray(a, dtype=p.dtype).copy()
+            if np.dtype(a.dtype).kind not in "biuf":
+                raise ValueError(f"load_state_dict: {n} has dtype {a.dtype}, expected real numbers "
+                                 f"(the parameter is {np.dtype(p.dtype)})")
+        for n, p in params.items():
+            if n in state:
+                p.data = p.xp.asarray(state[n], dtype=p.dtype).copy()
 
     def to(self, xp=None, dtype=None):
         """Move every parameter to array module `xp` (numpy or cupy) and/or cast it to `dtype`."""

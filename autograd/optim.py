@@ -12,6 +12,7 @@ Schedules return a factor; `Optimizer.set_lr_factor` scales every group's base l
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -21,6 +22,7 @@ __all__ = ["Optimizer", "Adam", "AdamW", "clip_grad_norm", "warmup_cosine", "lin
 
 class Optimizer:
     defaults: dict = {}
+    state_keys: tuple = ()  # the moment names every state entry holds (checked on load)
 
     def __init__(self, params, **hyper):
         params = list(params)
@@ -63,21 +65,81 @@ class Optimizer:
         return {"t": self.t, "groups": groups, "state": state}
 
     def load_state_dict(self, sd: dict) -> None:
-        if len(sd["groups"]) != len(self.param_groups):
-            raise ValueError(f"optimizer state has {len(sd['groups'])} groups, optimizer has "
-                             f"{len(self.param_groups)}")
-        for g, saved in zip(self.param_groups, sd["groups"], strict=True):
-            g.update({k: v for k, v in saved.items() if k != "params"})
+        """Restore a `state_dict()`: everything is checked (keys, step count t, groups and their
+        hyper-parameters, parameter indices, moment names, shapes and dtypes) before anything changes."""
+        missing = [k for k in ("t", "groups", "state") if k not in sd]
+        if missing:
+            raise ValueError(f"optimizer state: missing {', '.join(missing)} (expected t, groups and state)")
+        t = sd["t"]
+        if not isinstance(t, numbers.Integral) or isinstance(t, bool) or not 0 <= t < 2 ** 53:
+            raise ValueError(f"optimizer state: t is {t!r}, expected a step count from 0 to 2**53 - 1")
+        groups = [self._check_group(i, saved) for i, saved in enumerate(self._list(sd["groups"]))]
+        state = {i: self._check_moments(i, s) for i, s in sd["state"].items()}
+        for g, saved in zip(self.param_groups, groups, strict=True):
+            g.update(saved)
         params = self.params()
-        self.state = {}
-        for i, s in sd["state"].items():
-            p = params[int(i)]
-            self.state[int(i)] = {k: p.xp.asarray(a, dtype=p.dtype).copy() for k, a in s.items()}
-        self.t = int(sd["t"])
+        self.state = {int(i): {k: params[int(i)].xp.asarray(a, dtype=params[int(i)].dtype).copy()
+                               for k, a in s.items()} for i, s in state.items()}
+        self.t = int(t)
+
+    def _list(self, groups) -> list:
+        if not isinstance(groups, list | tuple) or len(groups) != len(self.param_groups):
+            got = len(groups) if isinstance(groups, list | tuple) else type(groups).__name__
+            raise ValueError(f"optimizer state has {got} groups, optimizer has {len(self.param_groups)}")
+        return list(groups)
+
+    def _check_group(self, i: int, saved) -> dict:
+        """The saved hyper-parameters of group i: known names, numbers where the group has numbers."""
+        if not isinstance(saved, dict):
+            raise ValueError(f"optimizer state: group {i} is {type(saved).__name__}, expected a dict")
+        own = self.param_groups[i]
+        unknown = sorted(set(saved) - set(own))
+        if unknown:
+            raise ValueError(f"optimizer state: group {i} has unknown hyper-parameter(s) {', '.join(unknown)} "
+                             f"(known: {', '.join(k for k in own if k != 'params')})")
+        out = {}
+        for k, v in saved.items():
+            if k == "params":
+                continue
+            mine = own[k]
+            if isinstance(mine, list | tuple):
+                ok = isinstance(v, list | tuple) and len(v) == len(mine) and all(_is_real(x) for x in v)
+                v = type(mine)(v) if ok else v
+            else:
+                ok = _is_real(v) == _is_real(mine)
+            if not ok:
+                raise ValueError(f"optimizer state: group {i} {k} is {v!r}, expected a value like {mine!r}")
+            out[k] = v
+        return out
+
+    def _check_moments(self, i, s) -> dict:
+        params = self.params()
+        if not isinstance(i, numbers.Integral) and not (isinstance(i, str) and i.isdigit()):
+            raise ValueError(f"optimizer state: parameter index {i!r} is not an integer")
+        if not 0 <= int(i) < len(params):
+            raise ValueError(f"optimizer state: parameter index {i} is out of range; the optimizer has "
+                             f"{len(params)} parameters (indices 0 to {len(params) - 1})")
+        p = params[int(i)]
+        if self.state_keys and set(s) != set(self.state_keys):
+            raise ValueError(f"optimizer state: parameter {i} has moments {sorted(s)}, expected "
+                             f"{sorted(self.state_keys)}")
+        for k, a in s.items():
+            if tuple(a.shape) != p.shape:
+                raise ValueError(f"optimizer state: {k} of parameter {i} has shape {tuple(a.shape)}, "
+                                 f"expected {p.shape}")
+            if np.dtype(a.dtype).kind not in "biuf":
+                raise ValueError(f"optimizer state: {k} of parameter {i} has dtype {a.dtype}, expected real "
+                                 f"numbers")
+        return s
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 class Adam(Optimizer):
     defaults = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0}
+    state_keys = ("m", "v")
     decoupled = False
 
     def _update(self, i, p, g):
