@@ -8,6 +8,7 @@ and the right side is a float64 central finite difference (error O(eps^2) + roun
 from __future__ import annotations
 
 import numpy as np
+
 from mincore.autograd import Tensor
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from mincore.autograd import F, Parameter, Tensor, is_grad_enabled, no_grad, ops, primitive, tensor
 
 

@@ -12,6 +12,7 @@ from autograd_check import vjp_dot_test
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
 from mincore.autograd import F, Tensor, as_tensor, ops
 
 small_shapes = hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from mincore.autograd import F, Tensor, ops
 
+from mincore.autograd import F, Tensor, ops
 from mincore.layers import LRU, MinGRU, MinLSTM
 
 torch = pytest.importorskip("torch")

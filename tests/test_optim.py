@@ -7,8 +7,8 @@ import math
 
 import numpy as np
 import pytest
-from mincore.autograd import F, Parameter, optim
 
+from mincore.autograd import F, Parameter, optim
 from mincore.models import SequenceModel
 
 GRADS = [np.array([0.5, -1.0, 2.0]), np.array([-0.1, 0.3, 0.0]), np.array([1.0, 1.0, -3.0]),
