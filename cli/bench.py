@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from .options import check_engine
+from .options import check_engine, check_fits, not_empty
 
 PLAN_HELP = ("GPU launch plan forced on every GPU engine, e.g. dpb=16,nseg=16,C=1 (channels per block, "
              "time segments per block, chunks along T); a sweep over plans tunes the plan rule on a new device.")
@@ -24,6 +24,15 @@ def _shape(text: str):
     if min(B, T, D) < 1:
         raise click.BadParameter(f"B, T and D must be >= 1, got {text!r}")
     return B, T, D
+
+
+def _host_bytes(shape, dtype: str) -> int:
+    """A lower bound of the host memory one shape takes: its inputs k, v and dh are drawn in float64
+    and kept as `dtype` (on the GPU too, before the copy to the device)."""
+    import numpy as np
+
+    B, T, D = shape
+    return B * T * D * (8 + 3 * np.dtype(dtype).itemsize)
 
 
 def _plan(ctx, param, text):
@@ -82,7 +91,8 @@ def _engines(names, gpu: bool, dtype: str) -> list[str]:
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch baselines even when torch is installed.")
 @click.option("--plan", callback=_plan, help=PLAN_HELP)
 @click.option("--quick", is_flag=True, help="One small shape, 3 repeats: a smoke run.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the rows as JSON.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), callback=not_empty,
+              help="Also write the rows as JSON.")
 def kernels(engines, shapes, dtype, repeats, gpu, log_space, no_torch, plan, quick, json_path):
     """Time min_gru forward / backward per engine; report GB/s of minimal traffic vs copy.
 
@@ -105,6 +115,8 @@ def kernels(engines, shapes, dtype, repeats, gpu, log_space, no_torch, plan, qui
     where = "gpu" if gpu else "cpu"
     engines = _engines(engines, gpu, dtype)
     shapes = [_shape(s) for s in shapes] or ([B.QUICK_SHAPE] if quick else list(B.SHAPES[where]))
+    for shape in shapes:
+        check_fits(_host_bytes(shape, dtype), "--shape", f"shape {','.join(map(str, shape))} ({dtype})")
     repeats = 3 if quick else repeats or B.REPEATS[where]
     if gpu:  # CUDA-event timings, device copy bandwidth in the same run (mincore.bench_gpu)
         from mincore import bench_gpu

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import engine_option
+from .options import SEED, FiniteFloat, engine_option
 
 
 @click.command()
@@ -13,10 +13,10 @@ from .options import engine_option
 @click.option("--prompt", default="\n", show_default="a newline", help="Text to start from.")
 @click.option("--tokens", type=click.IntRange(min=0), default=500, show_default=True,
               help="Characters to generate.")
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.8, show_default=True,
+@click.option("--temperature", type=FiniteFloat(min=0), default=0.8, show_default=True,
               help="Softmax temperature (0: always the most likely character).")
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="Sample among the K most likely only.")
-@click.option("--seed", type=int, default=None, help="Seed of the sampler (same seed, same text).")
+@click.option("--seed", type=SEED, default=None, help="Seed of the sampler (same seed, same text).")
 @engine_option("Kernel engine for the prompt pass (default: numba on CPU).")
 def generate(path, prompt, tokens, temperature, top_k, seed, engine):
     """Generate text: the prompt is read in one parallel pass, then each character is sampled with

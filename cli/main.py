@@ -53,8 +53,39 @@ class _Group(click.Group):
 
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
+        except MemoryError as e:
+            raise click.ClickException(_out_of_memory(e)) from None
+        except ModuleNotFoundError as e:  # an optional dependency (the extras in pyproject.toml)
+            raise click.ClickException(_missing_module(e)) from None
         except (ValueError, TypeError, RuntimeError, FileNotFoundError, OSError) as e:
             raise click.ClickException(f"{type(e).__name__}: {e}") from None
+
+
+# top-level module -> what to install or use instead (pyproject.toml's extras)
+_EXTRAS = {
+    "cupy": "the GPU engines need it: pip install 'mincore[cuda12]' (or 'mincore[cuda13]'), or run on the CPU "
+            "with --engine numba",
+    "numba_cuda": "the numba-cuda engine needs it: pip install 'mincore[cuda12]' (or 'mincore[cuda13]'), or run "
+                  "on the CPU with --engine numba",
+    "gymnasium": "the rl task and `mincore rl collect` need it: pip install 'mincore[rl]'",
+    "mujoco": "the rl task and `mincore rl collect` need it: pip install 'mincore[rl]'",
+    "torch": "the PyTorch baselines need it: install torch, or pass --no-torch",
+}
+
+
+def _missing_module(e: ModuleNotFoundError) -> str:
+    name = (e.name or "").split(".")[0]
+    hint = _EXTRAS.get(name, "a dependency of mincore is missing: reinstall mincore (pip install mincore)")
+    return f"module {name or e} is not installed; {hint}"
+
+
+def _out_of_memory(e: MemoryError) -> str:
+    from .options import gib, physical_memory
+
+    total = physical_memory()
+    room = f"this machine's {gib(total)} of memory" if total else "this machine's memory"
+    return (f"out of memory: {str(e) or 'an allocation failed'}; it does not fit in {room}: ask for less "
+            f"(a smaller --batch-size, --shape or model)")
 
 
 @click.group(cls=_Group, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})

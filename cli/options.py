@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 __all__ = ["check_engine", "engine_option", "TRAIN_OPTIONS", "task_options", "task_overrides", "models_help",
-           "threads_help"]
+           "threads_help", "FiniteFloat", "not_empty", "SEED", "physical_memory", "check_fits", "gib", "step_bytes",
+           "warn_threads"]
 
 
 def check_engine(engine: str | None) -> str | None:
@@ -33,7 +34,7 @@ def engine_option(help: str):
 
 # the common options of `mincore train`; a task's own options (its OPTIONS) may not reuse these names
 TRAIN_OPTIONS = ("task", "preset", "model", "steps", "batch_size", "eval_every", "seed", "engine", "out", "resume",
-                 "quiet", "threads")
+                 "force", "quiet", "threads")
 
 
 def task_options(f):
@@ -97,4 +98,75 @@ def threads_help() -> str:
     for name in TASKS:
         by_count.setdefault(get_task(name).THREADS, []).append(name)
     said = "; ".join(f"{'all cores' if n is None else n} for {_and(names)}" for n, names in by_count.items())
-    return f"CPU threads for BLAS and the numba kernels. [default: the task's: {said}]"
+    return (f"CPU threads for BLAS and the numba kernels, at most the CPUs this process may use. [default: the "
+            f"task's: {said}]")
+
+
+class FiniteFloat(click.FloatRange):
+    """click.FloatRange that also refuses nan and +-inf (a range check alone lets nan through)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        import math
+
+        value = super().convert(value, param, ctx)
+        if not math.isfinite(value):
+            self.fail(f"{value} is not a finite number", param, ctx)
+        return value
+
+
+def not_empty(ctx, param, value):
+    """Callback refusing an empty string (`--out ''` would otherwise mean the default)."""
+    if value is not None and not str(value).strip():
+        raise click.BadParameter("expected a path, got an empty string")
+    return value
+
+
+SEED = click.IntRange(min=0)  # numpy seeds are non-negative integers
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine (None where the OS does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def gib(nbytes: int) -> str:
+    return f"{nbytes / 2 ** 30:,.1f} GiB"
+
+
+def check_fits(nbytes: int, option: str, what: str) -> None:
+    """A click.BadParameter naming `option` when `nbytes` (a lower bound of what `what` allocates) is
+    more than this machine's physical memory: refused at once instead of a MemoryError or the OOM killer."""
+    total = physical_memory()
+    if total and nbytes > total:
+        raise click.BadParameter(f"{what} needs at least {gib(nbytes)}, more than this machine's {gib(total)} "
+                                 f"of memory", param_hint=option)
+
+
+def step_bytes(cfg) -> tuple[int, str]:
+    """A lower bound of one training step's memory and its description: the residual stream of one
+    micro-batch (sequences x positions x d_model float32), which every block's backward pass keeps.
+    Positions: the copy task's seq_len, Shakespeare's context, the rl task's K (one for the BC MLP)."""
+    micro = min(cfg.micro_batch or cfg.batch_size, cfg.batch_size)
+    positions = (1 if getattr(cfg, "model", None) == "bc" else
+                 getattr(cfg, "seq_len", None) or getattr(cfg, "context", None) or getattr(cfg, "K", None) or 1)
+    width = getattr(cfg, "d_model", 1)
+    return (int(micro) * int(positions) * int(width) * 4,
+            f"a training step of {micro} sequences x {positions} positions x width {width}")
+
+
+def warn_threads(requested: int | None, option: str = "--threads") -> None:
+    """A warning line when `requested` CPU threads are more than this process may use (cpu_threads then
+    runs with that many: more threads than CPUs only add switching)."""
+    from mincore.backend import cpu_count
+
+    cpus = cpu_count()
+    if requested is not None and requested > cpus:
+        click.echo(f"Warning: {option} {requested} is more than the {cpus} CPUs this process may use; "
+                   f"running with {cpus}", err=True)

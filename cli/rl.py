@@ -6,6 +6,8 @@ import click
 
 from mincore.tasks.rl.collect import ENVS, KINDS
 
+from .options import SEED, not_empty
+
 
 @click.group()
 def rl():
@@ -22,10 +24,10 @@ def rl():
 @click.option("--env", type=click.Choice(tuple(ENVS)), required=True, help="MuJoCo v5 environment.")
 @click.option("--kind", type=click.Choice(KINDS), required=True,
               help="random | medium | medium-replay | medium-expert (D4RL's kinds; see docs/RL.md).")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
+@click.option("--out", type=click.Path(dir_okay=False), default=None, callback=not_empty,
               help="HDF5 file to write [default: the rl/ folder of the cache: $MINCORE_CACHE, else "
                    "$XDG_CACHE_HOME/mincore or ~/.cache/mincore].")
-@click.option("--seed", type=int, default=0, show_default=True, help="ARS, resets and action noise.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="ARS, resets and action noise.")
 @click.option("--ars-iterations", type=click.IntRange(min=1), default=None,
               help="ARS training iterations of the behaviour policy. [default: 60]")
 @click.option("--transitions", type=click.IntRange(min=1), default=None,
@@ -39,22 +41,31 @@ def collect(env, kind, out, seed, ars_iterations, transitions, horizon, quiet):
     import dataclasses
 
     from mincore.tasks.rl import collect as rl_collect
-    from mincore.tasks.rl import data as rl_data
 
     over = {"ars_iterations": ars_iterations, "transitions": transitions, "horizon": horizon}
     cfg = dataclasses.replace(rl_collect.CollectConfig(env=env, kind=kind, seed=seed),
                               **{k: v for k, v in over.items() if v is not None})
     path = rl_collect.collect(cfg, out, progress=not quiet)
-    _describe(path, rl_data.load(path))
+    _describe(path, _load(path))
 
 
 @rl.command()
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 def info(path):
     """Episodes, returns and attributes of a D4RL-layout file (refuses malformed ones)."""
+    _describe(path, _load(path))
+
+
+def _load(path):
+    """The file's Dataset; h5py's KeyError for a link to an object the file does not hold (a dangling
+    link) becomes one line naming the file."""
     from mincore.tasks.rl import data as rl_data
 
-    _describe(path, rl_data.load(path))
+    try:
+        return rl_data.load(path)
+    except KeyError as e:
+        raise click.ClickException(f"{path}: the file links to an object it does not hold "
+                                   f"({e.args[0] if e.args else e}); damaged, or not in the D4RL layout") from None
 
 
 def _describe(path, ds):
