@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 import json
 import os
 import sys
@@ -11,7 +13,18 @@ import click
 
 from mincore.tasks import TASKS
 
-from .options import engine_option, models_help, task_options, task_overrides, threads_help
+from .options import (
+    SEED,
+    check_fits,
+    engine_option,
+    models_help,
+    not_empty,
+    step_bytes,
+    task_options,
+    task_overrides,
+    threads_help,
+    warn_threads,
+)
 
 # the settings a resumed run takes from its checkpoint (with the task's own options): never given again
 SETTINGS = ("preset", "model", "steps", "batch_size", "eval_every", "seed", "engine")
@@ -27,16 +40,19 @@ SETTINGS = ("preset", "model", "steps", "batch_size", "eval_every", "seed", "eng
               help="Optimizer steps (overrides the preset).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Sequences per step.")
 @click.option("--eval-every", type=click.IntRange(min=1), default=None, help="Steps between evaluations.")
-@click.option("--seed", type=int, default=None,
+@click.option("--seed", type=SEED, default=None,
               help="Seed of the model init, dropout and training data. [default: 0]")
 @engine_option("Kernel engine: numba (CPU default), numpy, logspace, cupy, numba-cuda.")
 @task_options
-@click.option("--out", type=click.Path(file_okay=False), default=None,
+@click.option("--out", type=click.Path(file_okay=False), default=None, callback=not_empty,
               help="Run directory. [default: runs/TASK-MODEL]")
-@click.option("--resume", is_flag=True, help="Continue the run saved in --out (its own settings).")
+@click.option("--resume", is_flag=True,
+              help="Continue the run saved in --out (its own settings; --data may point at its moved text).")
+@click.option("--force", is_flag=True, help="Replace the run saved in --out (its files are removed).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=threads_help())
-def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out, resume, quiet, threads, **own):
+def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out, resume, force, quiet, threads,
+          **own):
     """Train a task; writes config.json, metrics.jsonl, checkpoint.h5, summary.json and
     learning_curve.png into --out. Ctrl-C stops after the current step with a checkpoint.
 
@@ -46,6 +62,7 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out,
       mincore train --task copy --model minlstm --out runs/lstm
       mincore train --task copy --preset paper --engine cupy
       mincore train --task copy --out runs/lstm --resume # continue after Ctrl-C
+      mincore train --task copy --out runs/lstm --force  # start again in a folder holding a run
       mincore train --task shakespeare --data input.txt  # character-level LM on a local text
       mincore train --task rl --env hopper --kind medium # Decision-minGRU + BC baseline, scored
     """
@@ -60,18 +77,26 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out,
     if model is not None and model not in mod.MODELS:
         raise click.BadParameter(f"unknown model {model!r} for task {task}; expected one of "
                                  f"{', '.join(mod.MODELS)}", param_hint="--model")
+    if resume and force:
+        raise click.UsageError("--resume continues the run in --out and --force replaces it: give one of them")
+    if force and "force" not in inspect.signature(mod.train).parameters:
+        raise click.BadParameter(f"task {task} does not replace a run; remove the files in --out or train into "
+                                 f"another --out", param_hint="--force")
     overrides = task_overrides(mod, task, own)
     out = out or f"runs/{task}-{model or mod.PRESETS[preset].model}"
     if resume:
-        cfg = _resumed_config(mod, task, out, [*SETTINGS, *own])
+        cfg = _resumed_config(mod, task, out, overrides)
     else:
         cfg = mod.config(preset, model=model, steps=steps, batch_size=batch_size, eval_every=eval_every,
                          seed=seed, engine=engine, **overrides)
         cfg.validate()
+    nbytes, what = step_bytes(cfg)
+    check_fits(nbytes, "the run's batch_size" if resume else "--batch-size", what)
+    warn_threads(threads)
     try:
         keep_freed_memory()  # each step's activations reuse freed memory (its docstring)
         with cpu_threads(threads or mod.THREADS or cpu_count()):
-            s = mod.train(cfg, out, resume=resume, progress=not quiet)
+            s = mod.train(cfg, out, resume=resume, progress=not quiet, **({"force": True} if force else {}))
     except NonFiniteLoss as e:
         raise click.ClickException(str(e)) from None
     if s["status"] == "interrupted":
@@ -82,13 +107,17 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out,
     click.echo(f"files in {out}/: config.json metrics.jsonl checkpoint.h5 summary.json learning_curve.png")
 
 
-def _resumed_config(mod, task, out, settings):
-    """The Config of the run saved in `out`; settings given on the command line are refused."""
+def _resumed_config(mod, task, out, overrides):
+    """The Config of the run saved in `out`, checked before any training: its task, its settings, its
+    training-loop state, its engine and its data. Settings given on the command line are refused, but
+    for the data file of a task that verifies it (verify_data): the same data, moved."""
     from mincore.autograd import load_checkpoint
+    from mincore.tasks import check_saved_data, check_saved_engine, data_field, saved_config
 
+    movable = data_field(mod) if hasattr(mod, "verify_data") else None
     ctx = click.get_current_context()
-    given = [f"--{p.replace('_', '-')}" for p in settings
-             if ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
+    given = [f"--{p.replace('_', '-')}" for p in (*SETTINGS, *(o.field for o in mod.OPTIONS))
+             if p != movable and ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
     if given:
         raise click.UsageError(f"--resume continues the saved run with its own settings; drop "
                                f"{', '.join(given)} (or start a new run with another --out)")
@@ -96,19 +125,68 @@ def _resumed_config(mod, task, out, settings):
     if not os.path.exists(path):
         raise click.ClickException(f"--resume: no checkpoint at {path} (start the run without --resume)")
     ck = load_checkpoint(path)
-    if ck.config.get("task") != task:
-        raise click.ClickException(f"--resume: {path} is a {ck.config.get('task')!r} run, not {task!r}")
-    cfg = mod.from_dict(ck.config["config"])
+    try:
+        _, cfg = saved_config(ck.config, path, task=task)
+        _check_loop_state(ck.config.get("loop"), path)
+        if movable in overrides:
+            cfg = dataclasses.replace(cfg, **{movable: overrides[movable]})
+        check_saved_engine(cfg.engine, path, "resume it where that engine runs, or evaluate it here with "
+                                             "`mincore eval --engine numba`")
+        move = ", point at a copy of it with --data PATH" if movable else ""
+        check_saved_data(mod, ck.config, cfg, path, f"restore the run's data{move}, or start a new run with "
+                                                    f"another --out")
+    except ValueError as e:
+        raise click.ClickException(f"--resume: {e}") from None
     click.echo(f"resuming {out} at step {ck.step} of {cfg.steps}", err=True)
     return cfg
 
 
+def _check_loop_state(loop, path):
+    """Refuse a checkpoint whose training-loop state (config key "loop", written by tasks/loop.py) cannot
+    be restored: a ValueError naming `path` and the entry, before the loop reads it."""
+    import math
+    import numbers
+
+    import numpy as np
+
+    if not isinstance(loop, dict):
+        raise ValueError(f"{path}: the checkpoint has no training-loop state ('loop' is {type(loop).__name__}, "
+                         f"expected an object); it can be evaluated (mincore eval) but not resumed")
+    missing = [k for k in ("rngs", "wall_seconds", "best", "bad_evals") if k not in loop]
+    if missing:
+        raise ValueError(f"{path}: the training-loop state lacks {', '.join(missing)}; it can be evaluated "
+                         f"(mincore eval) but not resumed")
+    real = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    checks = {"wall_seconds": real(loop["wall_seconds"]) and loop["wall_seconds"] >= 0,
+              "best": loop["best"] is None or real(loop["best"]),
+              "bad_evals": isinstance(loop["bad_evals"], int) and not isinstance(loop["bad_evals"], bool)
+              and loop["bad_evals"] >= 0,
+              "rngs": isinstance(loop["rngs"], list)}
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        raise ValueError(f"{path}: the training-loop state has an invalid {bad[0]} ({loop[bad[0]]!r})")
+    for i, state in enumerate(loop["rngs"]):
+        name = state.get("bit_generator") if isinstance(state, dict) else None
+        cls = getattr(np.random, name, None) if isinstance(name, str) else None
+        try:
+            if not (isinstance(cls, type) and issubclass(cls, np.random.BitGenerator)):
+                raise ValueError(f"bit_generator is {name!r}, expected one of NumPy's")
+            cls().state = state  # the loop restores the same dict into a dropout Generator
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise ValueError(f"{path}: random state {i} of the training-loop state cannot be restored "
+                             f"({type(e).__name__}: {e})") from None
+
+
 @contextlib.contextmanager
 def cpu_threads(n: int):
-    """Limit BLAS (threadpoolctl) and numba's parallel kernels to n threads for the block."""
+    """Limit BLAS (threadpoolctl) and numba's parallel kernels to n threads for the block, at most the
+    CPUs this process may use (more threads than CPUs only add switching: warn_threads says so)."""
     import numba
     from threadpoolctl import threadpool_limits
 
+    from mincore.backend import cpu_count
+
+    n = min(n, cpu_count())
     old = numba.get_num_threads()
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     try:
@@ -122,8 +200,11 @@ def cpu_threads(n: int):
 @click.option("--checkpoint", "path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="A checkpoint.h5 written by `mincore train`.")
 @engine_option("Kernel engine to evaluate with (default: the run's).")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The data file the run read (shakespeare: its text; rl: its dataset), where it is now; "
+                   "Shakespeare's text must be the text it was trained on. [default: the run's path]")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
-def evaluate(path, engine, as_json):
+def evaluate(path, engine, data, as_json):
     """Reload a checkpoint and re-evaluate it on its task's held-out set (the run's final
     checkpoint gives the same numbers as its summary.json).
 
@@ -131,12 +212,13 @@ def evaluate(path, engine, as_json):
     Examples:
       mincore eval --checkpoint runs/copy-mingru/checkpoint.h5
       mincore eval --checkpoint runs/copy-mingru/checkpoint.h5 --json
+      mincore eval --checkpoint runs/shakespeare-mingru/checkpoint.h5 --data moved/input.txt
     """
     from mincore.backend import keep_freed_memory
     from mincore.tasks import evaluate_checkpoint
 
     keep_freed_memory()
-    metrics, meta = evaluate_checkpoint(path, engine)
+    metrics, meta = evaluate_checkpoint(path, engine, data)
     if as_json:
         click.echo(json.dumps(metrics))
         return

@@ -14,6 +14,8 @@ The task-module contract. A task module, registered in TASKS by name, exposes
     Task(cfg)                                          what the loop trains (below)
     train(cfg, out, *, resume=False, progress=True) -> the summary dict (also in out/summary.json)
     describe(summary) -> str                           the finished run in words (`mincore train`)
+    verify_data(meta, cfg, source, how)                optional: refuse data that is not the data the run
+                                                       in checkpoint config `meta` read (ValueError)
 Config is a frozen dataclass deriving from LoopConfig (tasks/config.py). For a task whose Task(cfg)
 is all that training needs, loop.task_functions(...) gives config, from_dict, train and describe.
 
@@ -38,7 +40,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["TASKS", "Option", "get_task", "evaluate_checkpoint", "cache_dir"]
+__all__ = ["TASKS", "Option", "get_task", "evaluate_checkpoint", "cache_dir", "saved_config",
+           "check_saved_engine", "check_saved_data", "data_field"]
 
 TASKS = {"copy": "mincore.tasks.copy", "shakespeare": "mincore.tasks.shakespeare",
          "rl": "mincore.tasks.rl"}
@@ -71,9 +74,89 @@ def cache_dir(*parts: str) -> Path:
     return root.joinpath(*parts)
 
 
-def evaluate_checkpoint(path, engine: str | None = None) -> tuple[dict, dict]:
+def saved_config(meta, source, *, task: str | None = None):
+    """(task module, Config) of the run whose checkpoint config is `meta` (what `mincore train` writes:
+    {"task": name, "config": {...}, ...}); a ValueError naming `source` when it is anything else (not an
+    object, no task or config, an unknown task, another task than `task`, fields that make no valid Config)."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("task"), str) or not isinstance(meta.get("config"), dict):
+        got = (f"task {type(meta.get('task')).__name__}, config {type(meta.get('config')).__name__}"
+               if isinstance(meta, dict) else type(meta).__name__)
+        raise ValueError(f"{source}: checkpoint has no task config (got {got}, expected a task name and a config "
+                         f"object; not written by `mincore train`?)")
+    name = meta["task"]
+    if name not in TASKS:
+        raise ValueError(f"{source}: checkpoint of an unknown task {name!r}; known: {', '.join(TASKS)}")
+    if task is not None and name != task:
+        raise ValueError(f"{source}: checkpoint of a {name!r} run, not {task!r}")
+    mod = get_task(name)
+    try:
+        cfg = mod.from_dict(meta["config"])
+        _check_types(cfg)
+        cfg.validate()
+    except (TypeError, ValueError) as e:  # a wrong field, or a value of the wrong type or range
+        raise ValueError(f"{source}: the saved {name} config is not valid ({e})") from None
+    return mod, cfg
+
+
+# a Config field's annotation -> the JSON-born values it takes (an int is a float too)
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "tuple": (tuple, list),
+          "None": (type(None),)}
+
+
+def _check_types(cfg) -> None:
+    """A TypeError naming the first field of `cfg` whose value is not of its annotated type (a Config
+    read from JSON takes whatever the file holds; validate() would fail on it less clearly)."""
+    import dataclasses
+
+    for f in dataclasses.fields(cfg):
+        names = [t.strip() for t in str(f.type).split("|")]
+        if not all(t in _TYPES for t in names):
+            continue  # an annotation this check does not know: validate() decides
+        value = getattr(cfg, f.name)
+        ok = isinstance(value, sum((_TYPES[t] for t in names), ()))
+        if not ok or (isinstance(value, bool) and "bool" not in names):
+            raise TypeError(f"{f.name} is {value!r} ({type(value).__name__}), expected {' or '.join(names)}")
+
+
+def check_saved_engine(engine, source, how: str) -> None:
+    """Refuse a run's saved engine that is unknown or cannot run here (a ValueError naming `source`, why,
+    and `how` to proceed); None (the default engine) passes."""
+    if engine is None:
+        return
+    from mincore.backend import engines
+
+    table = engines()
+    if engine not in table:
+        raise ValueError(f"{source}: the run's engine {engine!r} is unknown; expected one of {', '.join(table)}")
+    if not table[engine]["available"]:
+        raise ValueError(f"{source}: the run was trained with engine {engine!r}, which cannot run here "
+                         f"({table[engine]['reason']}); {how}")
+
+
+def data_field(mod) -> str | None:
+    """The Config field of the data file a task reads (its file Option: `data`, `dataset`), or None."""
+    return next((o.field for o in mod.OPTIONS if o.file), None)
+
+
+def check_saved_data(mod, meta: dict, cfg, source, how: str) -> None:
+    """Refuse the data `cfg` names when it is missing, or is not the data the run in checkpoint config
+    `meta` was trained on (the task's verify_data: a digest saved with the run); ValueErrors naming
+    `source`, the file, and `how` to proceed."""
+    field = data_field(mod)
+    path = getattr(cfg, field) if field else None
+    if path and not os.path.isfile(path):
+        raise ValueError(f"{source}: the run's {field} file {path} does not exist; {how}")
+    verify = getattr(mod, "verify_data", None)
+    if verify is not None:
+        verify(meta, cfg, source, how)
+
+
+def evaluate_checkpoint(path, engine: str | None = None, data=None) -> tuple[dict, dict]:
     """Rebuild the task saved in checkpoint `path`, load its parameters and evaluate on the held-out
-    set: (metrics, checkpoint config). Same numbers as the run's summary.json for its final checkpoint."""
+    set: (metrics, checkpoint config). Same numbers as the run's summary.json for its final checkpoint.
+    `engine` replaces the run's engine; `data` the file the task reads (the run's, moved), which must
+    be the data it was trained on where the task can tell (verify_data). ValueError for a checkpoint
+    that does not describe a runnable task: messages name the file and what to do."""
     import dataclasses
 
     from mincore.autograd import load_checkpoint
@@ -81,15 +164,23 @@ def evaluate_checkpoint(path, engine: str | None = None) -> tuple[dict, dict]:
     from .loop import place
 
     ck = load_checkpoint(path)
-    meta = ck.config or {}
-    if "task" not in meta or "config" not in meta:
-        raise ValueError(f"{path}: checkpoint has no task config (not written by `mincore train`?)")
-    mod = get_task(meta["task"])
-    cfg = mod.from_dict(meta["config"])
-    if engine is not None:
+    mod, cfg = saved_config(ck.config, path)
+    if data is not None:
+        field = data_field(mod)
+        if field is None:
+            raise ValueError(f"{path}: a {ck.config['task']} run reads no data file; drop the data argument (--data)")
+        cfg = dataclasses.replace(cfg, **{field: os.path.abspath(data)})
+    if engine is None:
+        check_saved_engine(cfg.engine, path, "evaluate it with another engine (mincore eval --engine numba)")
+    else:
         cfg = dataclasses.replace(cfg, engine=engine)
+    check_saved_data(mod, ck.config, cfg, path, "pass the data it was trained on with --data PATH")
     task = mod.Task(cfg)
     task.xp = place(task.model, cfg.engine)
-    task.model.load_state_dict(ck.params)
+    try:
+        task.model.load_state_dict(ck.params)
+    except (KeyError, ValueError) as e:  # names or shapes that are not the model's (an edited config)
+        raise ValueError(f"{path}: the saved parameters do not fit the model its config describes "
+                         f"({e.args[0] if e.args else e})") from None
     task.model.eval()
-    return task.evaluate(), {**meta, "step": ck.step}
+    return task.evaluate(), {**ck.config, "step": ck.step}

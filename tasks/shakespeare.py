@@ -19,6 +19,7 @@ gets), evaluated in chunks of `eval_chunk` characters, which equals one pass.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,13 +27,13 @@ import numpy as np
 from mincore.autograd import F, no_grad
 from mincore.models import SequenceModel
 
-from . import Option, loop
+from . import Option, loop, saved_config
 from .chardata import CORPUS_NAME, CORPUS_SHA256, CORPUS_URL, Vocab, corpus_path, load_text, sha256, split
 from .config import LoopConfig
 
 __all__ = ["ShakespeareConfig", "PRESETS", "MODELS", "THREADS", "OPTIONS", "CORPUS_URL", "CORPUS_SHA256",
            "CORPUS_NAME", "Vocab", "corpus_path", "load_text", "split", "build_model", "ShakespeareTask", "Task",
-           "config", "from_dict", "train", "describe", "load_model", "generate"]
+           "config", "from_dict", "train", "describe", "verify_data", "load_model", "generate"]
 
 MODELS = ("mingru", "minlstm")
 # CPU threads `mincore train` uses unless --threads says otherwise (None: all cores). The default
@@ -169,20 +170,44 @@ Task = ShakespeareTask
 config, from_dict, train, describe = loop.task_functions("shakespeare", ShakespeareConfig, PRESETS, ShakespeareTask)
 
 
+def verify_data(meta: dict, cfg: ShakespeareConfig, source, how: str) -> None:
+    """Refuse the text `cfg` reads when its sha256 is not the one the run saved (meta["data_sha256"],
+    written by ShakespeareTask.meta): a resumed or re-evaluated run must read the text it was trained
+    on. The ValueError names the file, both digests (12 hex digits) and `how` to proceed."""
+    want = meta.get("data_sha256")
+    if want is None:  # a run saved without a digest: nothing to compare
+        return
+    if not isinstance(want, str):
+        raise ValueError(f"{source}: the saved data_sha256 is {want!r}, expected a hex digest")
+    p = corpus_path(cfg.data)
+    got = sha256(p.read_bytes())
+    if got != want:
+        raise ValueError(f"{source}: {p} is not the text the run was trained on (its sha256 {got[:12]}..., the "
+                         f"run's {want[:12]}...); {how}")
+
+
 # ------------------------------------------------------------------------------ generation
 def load_model(path, engine: str | None = None):
     """(model in eval mode, Vocab, checkpoint config) from a checkpoint written by `train`."""
     from mincore.autograd import load_checkpoint
 
     ck = load_checkpoint(path)
-    meta = ck.config or {}
-    if meta.get("task") != "shakespeare" or "vocab" not in meta:
-        raise ValueError(f"{path}: not a shakespeare checkpoint (task {meta.get('task')!r})")
-    cfg = dataclasses.replace(from_dict(meta["config"]), engine=engine)
+    meta = ck.config
+    if not isinstance(meta, dict) or meta.get("task") != "shakespeare":
+        got = meta.get("task") if isinstance(meta, dict) else None
+        raise ValueError(f"{path}: not a shakespeare checkpoint (task {got!r})")
+    _, cfg = saved_config(meta, path, task="shakespeare")
+    if not isinstance(meta.get("vocab"), str) or not meta["vocab"]:
+        raise ValueError(f"{path}: the saved vocabulary is {meta.get('vocab')!r}, expected the text's characters")
+    cfg = dataclasses.replace(cfg, engine=engine)
     vocab = Vocab(meta["vocab"])
     model = build_model(cfg, len(vocab))
     loop.place(model, engine)
-    model.load_state_dict(ck.params)
+    try:
+        model.load_state_dict(ck.params)
+    except (KeyError, ValueError) as e:  # names or shapes that are not the model's (an edited config)
+        raise ValueError(f"{path}: the saved parameters do not fit the model its config describes "
+                         f"({e.args[0] if e.args else e})") from None
     return model.eval(), vocab, {**meta, "step": ck.step}
 
 
@@ -191,10 +216,11 @@ def _sample(logits: np.ndarray, rng, temperature: float, top_k: int | None) -> i
     z = np.asarray(logits, np.float64)
     if temperature <= 0:
         return int(z.argmax())
-    z = z / temperature
+    with np.errstate(over="ignore"):  # shifted first: a tiny temperature gives -inf, never inf - inf = nan
+        z = (z - z.max()) / temperature
     if top_k and top_k < z.size:
         z = np.where(z < np.partition(z, -top_k)[-top_k], -np.inf, z)
-    p = np.exp(z - z.max())
+    p = np.exp(z)
     c = np.cumsum(p)
     return int(min(np.searchsorted(c, rng.random() * c[-1], side="right"), z.size - 1))
 
@@ -207,6 +233,8 @@ def generate(model, vocab: Vocab, prompt: str, tokens: int, *, temperature: floa
     recurrent `step` per character, constant memory per token."""
     if not prompt:
         raise ValueError("prompt: expected at least one character")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature: expected a finite number >= 0, got {temperature}")
     rng = np.random.default_rng(seed)
     xp = model.embed.weight.xp
     logits, state = model(xp.asarray(vocab.encode(prompt)[None]))

@@ -195,3 +195,53 @@ def test_train_and_generate_through_the_cli(tmp_path, text_file, monkeypatch):
     assert "tokens/s" in runs[0].output
     bad = CliRunner().invoke(main, args[:3] + ["--prompt", "~~"])
     assert bad.exit_code != 0 and "not in the vocabulary" in bad.output
+
+
+def _one_error_line(r, *needles):
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in r.output, r.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+def test_resume_and_eval_verify_the_text_and_eval_takes_a_moved_one(tmp_path, text_file, monkeypatch):
+    """The run keeps its text's sha256: a changed text is refused by --resume and eval (file, both
+    digests, what to do); a moved one is found with --data, and must be the same text."""
+    monkeypatch.setitem(S.PRESETS, "default", tiny_cfg())
+    out = tmp_path / "run"
+    train = ["train", "--task", "shakespeare", "--steps", "2", "--eval-every", "2", "--batch-size", "4", "--quiet",
+             "--out", str(out)]
+    assert CliRunner().invoke(main, [*train, "--data", str(text_file)]).exit_code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    good = text_file.read_bytes()
+    want, ck = S.sha256(good)[:12], str(out / "checkpoint.h5")
+
+    text_file.write_bytes(good.replace(b"king", b"kind"))  # same characters, other text
+    got = S.sha256(text_file.read_bytes())[:12]
+    resume = ["train", "--task", "shakespeare", "--out", str(out), "--resume", "--quiet"]
+    _one_error_line(CliRunner().invoke(main, resume), str(text_file), want, got, "--data PATH", "--out")
+    _one_error_line(CliRunner().invoke(main, ["eval", "--checkpoint", ck]), str(text_file), want, got,
+                    "--data PATH")
+
+    moved = tmp_path / "moved.txt"
+    moved.write_bytes(good)
+    text_file.unlink()
+    _one_error_line(CliRunner().invoke(main, ["eval", "--checkpoint", ck]), str(text_file), "does not exist",
+                    "--data PATH")
+    r = CliRunner().invoke(main, ["eval", "--checkpoint", ck, "--data", str(moved), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["loss"] == summary["loss"]
+    r = CliRunner().invoke(main, [*resume, "--data", str(moved)])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "summary.json").read_text())["data"] == str(moved)
+
+
+def test_sampling_refuses_non_finite_temperatures_and_survives_tiny_ones():
+    rng = np.random.default_rng(0)
+    assert S._sample(np.array([0.0, 1.0, 2.0]), rng, 1e-320, None) == 2  # (z - max) / T: no inf - inf
+    assert S._sample(np.array([0.0, 5.0, 2.0]), rng, 1e-300, 2) == 1
+    task = S.ShakespeareTask(tiny_cfg(), text=small_text())
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match="temperature"):
+            next(S.generate(task.model.eval(), task.vocab, "the", 3, temperature=bad))
