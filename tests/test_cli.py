@@ -62,6 +62,18 @@ def test_every_command_has_an_example(cmd):
     assert r.exit_code == 0 and "Example" in r.output and "mincore " + cmd[0] in r.output
 
 
+@pytest.mark.parametrize("cmd", [["train"], ["eval"], ["generate"], ["rl", "collect"], ["rl", "info"],
+                                 ["bench", "kernels"]])
+def test_every_command_help_lists_its_checked_options(cmd):
+    """--help of each command builds (its options, checks included) and says what the checks take."""
+    r = run(*cmd, "--help")
+    assert r.exit_code == 0, r.output
+    said = {"train": ["--force", "--seed INTEGER RANGE", "at most the CPUs"], "eval": ["--data FILE"],
+            "generate": ["--temperature FINITE FLOAT", "--seed INTEGER RANGE"], "collect": ["--seed INTEGER RANGE"]}
+    for words in said.get(cmd[-1], []):
+        assert words in " ".join(r.output.split()), words
+
+
 def test_bench_kernels_quick_writes_rows(tmp_path):
     path = tmp_path / "rows.json"
     r = run("bench", "kernels", "--quick", "--no-torch", "--engine", "numba", "--shape", "2,33,16",
