@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +52,9 @@ def corpus_path(data=None, *, url: str = CORPUS_URL, cache: Path | None = None, 
     if sha256(raw) != CORPUS_SHA256:
         raise ValueError(f"download from {url} failed the checksum (sha256 {sha256(raw)}); refusing it; {how}")
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".download-")
-    with os.fdopen(fd, "wb") as f:
+    tmp = p.parent / f".download-{secrets.token_hex(8)}"
+    # os.open with 0o666: the file gets the umask's mode like any other (mkstemp's 0600 did not)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
         f.write(raw)
     os.replace(tmp, p)  # atomic: a broken download never sits under the final name
     return p

@@ -107,9 +107,14 @@ class _Training:
 
     def resume(self):
         """Continue from the run's checkpoint; events after it are dropped (the steps run again)."""
-        ck = load_checkpoint(self.files.checkpoint, self.model, self.opt, self.data_rng)
+        ck = load_checkpoint(self.files.checkpoint, self.model, self.opt, self.data_rng, max_step=self.cfg.steps)
         loop = ck.config["loop"]
-        for g, s in zip(_rngs(self.model), loop["rngs"], strict=True):
+        rngs = _rngs(self.model)
+        if len(loop["rngs"]) != len(rngs):
+            raise ValueError(f"{self.files.checkpoint}: the training-loop state holds {len(loop['rngs'])} random "
+                             f"states, the model has {len(rngs)} random modules (dropout); expected one each "
+                             "(was the model changed since this checkpoint?)")
+        for g, s in zip(rngs, loop["rngs"], strict=True):
             g.bit_generator.state = s
         self.step, self.wall0, self.saved = ck.step, loop["wall_seconds"], ck.step
         self.best, self.bad_evals = loop["best"], loop["bad_evals"]

@@ -18,16 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mincore.autograd.checkpoint import remove_stale_temps
 from mincore.backend import cpu_count
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: runs are not locked
     fcntl = None
-try:  # deletes the temporary files of a save_checkpoint killed mid-write
-    from mincore.autograd.checkpoint import remove_stale_temps as _remove_stale_checkpoints
-except ImportError:  # pragma: no cover - a checkpoint module without it
-    _remove_stale_checkpoints = None
 
 __all__ = ["FILES", "LOCK", "RunDir", "RunFolderBusy", "machine", "plot_curves"]
 
@@ -99,8 +96,7 @@ class RunDir:
         """The temporary files of a writer killed mid-write: this module's and save_checkpoint's."""
         for name in FILES:
             _temporary(self.dir / name).unlink(missing_ok=True)
-        if _remove_stale_checkpoints is not None:
-            _remove_stale_checkpoints(self.dir)
+        remove_stale_temps(self.dir)  # of a save_checkpoint killed mid-write
 
     def log(self, **event):
         with open(self.metrics, "a") as f:

@@ -239,3 +239,11 @@ def test_every_file_of_a_run_gets_the_mode_the_umask_gives(tmp_path):
     modes = {p.name: oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()}
     assert set(modes) == {*rundir.FILES, rundir.LOCK}
     assert set(modes.values()) == {oct(0o640)}, modes
+
+
+def test_resume_with_a_different_count_of_random_modules_names_the_checkpoint(tmp_path, monkeypatch):
+    train(tmp_path, tiny(steps=2))
+    orig = loop._rngs
+    monkeypatch.setattr(loop, "_rngs", lambda model: orig(model)[:-1])  # a model with one dropout fewer
+    with pytest.raises(ValueError, match="checkpoint.h5: the training-loop state holds 2 random states"):
+        train(tmp_path, tiny(steps=4), resume=True)

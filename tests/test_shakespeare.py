@@ -245,3 +245,18 @@ def test_sampling_refuses_non_finite_temperatures_and_survives_tiny_ones():
     for bad in (float("nan"), float("inf"), -1.0):
         with pytest.raises(ValueError, match="temperature"):
             next(S.generate(task.model.eval(), task.vocab, "the", 3, temperature=bad))
+
+
+def test_a_downloaded_corpus_gets_the_mode_the_umask_gives(tmp_path):
+    """The download is written atomically (temporary file + rename) with the umask's mode, not 0600."""
+    src = corpus()
+    if src is None:
+        pytest.skip(NO_CORPUS)
+    old = os.umask(0o022)
+    try:
+        p = S.corpus_path(url=src.resolve().as_uri(), cache=tmp_path)
+    finally:
+        os.umask(old)
+    assert p.read_bytes() == src.read_bytes()
+    assert p.stat().st_mode & 0o777 == 0o644
+    assert [q.name for q in tmp_path.iterdir()] == [p.name]
