@@ -229,11 +229,11 @@ def collect(cfg: CollectConfig, out=None, *, progress: bool = True) -> Path:
     cfg.validate()
     settings = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
     out = Path(out) if out is not None else cache_dir() / f"{cfg.env}-{cfg.kind}-{_key(dataclasses.asdict(cfg))}.h5"
-    if out.exists():
-        import h5py
+    if out.exists():  # read as any file given to us: it may be a FIFO or a crafted HDF5 file
+        from mincore.autograd import h5safe
 
-        with h5py.File(out, "r") as f:
-            if f.attrs.get("collect_config") == settings:
+        with h5safe.open_file(out, what="D4RL-layout file") as f:
+            if h5safe.read_attr(f, "collect_config", source=str(out)) == settings:
                 return out
     env, rng = make_env(cfg.env, cfg.horizon), np.random.default_rng((cfg.seed, 11))
     attrs = {"env": cfg.env, "env_id": ENVS[cfg.env], "kind": cfg.kind, "collect_config": settings,

@@ -12,18 +12,31 @@ probability proportional to its length, a start step s uniformly in it, and step
 returned; past the episode's end the window is zero-padded with mask 0. Padding on the right keeps
 the real tokens first, so a causal recurrence gives the real tokens exactly the outputs it would
 give without any padding (left padding would feed zeros into the state before them).
+
+Files are read through mincore.autograd.h5safe (they may be damaged or crafted): a FIFO or other
+non-regular file, links or raw storage outside the file, virtual datasets, dangling soft links, and
+datasets declaring more bytes than the file can hold are refused before anything is read; then every
+key's dtype kind and shape is checked from the file's metadata (observations / actions (N, dim >= 1)
+float, rewards (N,) float, flags (N,) bool or 0 / 1 numbers, one N), and only then read. Values are
+checked as for in-memory arrays (from_arrays, Dataset): finite as float32, flags exactly 0 or 1, no
+masked arrays. Every refusal is a ValueError naming the file (or `source`), the key and the problem.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import h5py
 import numpy as np
+
+from mincore.autograd import h5safe
 
 __all__ = ["KEYS", "REF_MIN_MAX", "normalized_score", "Dataset", "load", "save", "from_arrays",
            "split_episodes", "returns_to_go"]
 
 KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
+FLOAT_KEYS = ("observations", "actions", "rewards")   # finite real numbers
+FLAG_KEYS = ("terminals", "timeouts")                  # exactly 0 or 1 each
 # D4RL's reference returns (random policy, expert policy) for the normalised score
 REF_MIN_MAX = {"halfcheetah": (-280.178953, 12135.0), "hopper": (-20.272305, 3234.3),
                "walker2d": (1.629008, 4592.3)}
@@ -39,7 +52,8 @@ def normalized_score(env: str, returns):
 
 def split_episodes(terminals, timeouts) -> list[tuple[int, int]]:
     """[(start, end)) index ranges of the episodes: each ends after a terminal or timeout step."""
-    done = np.flatnonzero(np.asarray(terminals, bool) | np.asarray(timeouts, bool))
+    done = np.flatnonzero(_flags("terminals", terminals, "split_episodes")
+                          | _flags("timeouts", timeouts, "split_episodes"))
     ends = list(done + 1)
     if not ends or ends[-1] != len(terminals):
         ends.append(len(terminals))  # trailing run without a flag: a truncated last episode
@@ -56,41 +70,84 @@ def returns_to_go(rewards, episodes) -> np.ndarray:
     return rtg
 
 
-def _column(name, a, n):
-    a = np.asarray(a)
-    if a.ndim == 2 and a.shape[1] == 1:
-        a = a[:, 0]
-    if a.ndim != 1:
-        raise ValueError(f"{name}: expected shape ({n},) or ({n}, 1), got {a.shape}")
-    return a
+def _kinds(k: str) -> str:
+    """The NumPy dtype kinds accepted for key `k` (flags: bool, or 0 / 1 in integers or floats)."""
+    return "f" if k in FLOAT_KEYS else "biuf"
+
+
+def _require_keys(present, source: str) -> None:
+    missing = [k for k in KEYS if k not in present]
+    if missing:
+        raise ValueError(f"{source}: missing D4RL key(s) {', '.join(missing)} (need {', '.join(KEYS)})")
+
+
+def _check_layout(shapes: dict, dtypes: dict, source: str) -> int:
+    """N, after checking every key's dtype kind and shape (from a file's metadata: nothing read yet)."""
+    for k in KEYS:
+        dt = np.dtype(dtypes[k])
+        if dt.kind not in _kinds(k) or dt.subdtype is not None:
+            want = "float" if k in FLOAT_KEYS else "bool, or integer / float flags of 0 and 1"
+            kind = h5safe.KIND_NAMES.get(dt.kind, dt.kind)
+            raise ValueError(f"{source}: {k} has dtype {dt} ({kind}), expected {want}")
+    obs, act = shapes["observations"], shapes["actions"]
+    if len(obs) != 2 or len(act) != 2:
+        raise ValueError(f"{source}: observations and actions must be 2-D (N, dim); got {obs}, {act}")
+    n = obs[0]
+    for k, s in (("observations", obs), ("actions", act)):
+        if s[1] < 1:
+            raise ValueError(f"{source}: {k} has 0 columns (shape {s}); expected at least one")
+    for k in ("rewards", *FLAG_KEYS):
+        s = shapes[k]
+        if not (len(s) == 1 or (len(s) == 2 and s[1] == 1)):
+            raise ValueError(f"{source}: {k}: expected shape ({n},) or ({n}, 1), got {s}")
+    for k in KEYS:
+        if shapes[k][0] != n:
+            raise ValueError(f"{source}: {k} has {shapes[k][0]} rows but observations has {n} (lengths must match)")
+    if n == 0:
+        raise ValueError(f"{source}: the dataset is empty (0 transitions)")
+    return n
+
+
+def _where(bad: np.ndarray) -> str:
+    first = np.argwhere(bad)[0]
+    return f"row {first[0]}" + (f", column {first[1]}" if len(first) > 1 else "")
 
 
 def _check(arrays: dict, source: str) -> dict:
-    """Refuse malformed data with a message naming the key and the problem."""
-    missing = [k for k in KEYS if k not in arrays]
-    if missing:
-        raise ValueError(f"{source}: missing D4RL key(s) {', '.join(missing)} (need {', '.join(KEYS)})")
-    obs, act = np.asarray(arrays["observations"]), np.asarray(arrays["actions"])
-    n = len(obs)
-    if obs.ndim != 2 or act.ndim != 2:
-        raise ValueError(f"{source}: observations and actions must be 2-D (N, dim); got {obs.shape}, "
-                         f"{act.shape}")
-    out = {"observations": obs.astype(np.float32), "actions": act.astype(np.float32)}
-    for k in ("rewards", "terminals", "timeouts"):
-        out[k] = _column(f"{source}: {k}", arrays[k], n)
-    for k, a in out.items():
-        if len(a) != n:
-            raise ValueError(f"{source}: {k} has {len(a)} rows but observations has {n} (lengths must match)")
-    if n == 0:
-        raise ValueError(f"{source}: the dataset is empty (0 transitions)")
-    for k in ("observations", "actions", "rewards"):
+    """The five arrays as float32 / bool 1-D or 2-D arrays, after refusing malformed ones with a message
+    naming `source`, the key and the problem (see _check_layout; masked arrays; non-finite values;
+    flags other than 0 / 1)."""
+    _require_keys(arrays, source)
+    for k in KEYS:  # np.asarray would drop the mask and keep the masked-out values
+        if isinstance(arrays[k], np.ma.MaskedArray):
+            raise ValueError(f"{source}: {k} is a masked array; pass a plain array (fill or drop the masked "
+                             f"steps first)")
+    a = {k: np.asarray(arrays[k]) for k in KEYS}
+    _check_layout({k: v.shape for k, v in a.items()}, {k: v.dtype for k, v in a.items()}, source)
+    out = {k: (a[k][:, 0] if a[k].ndim == 2 and k not in ("observations", "actions") else a[k]) for k in KEYS}
+    for k in FLOAT_KEYS:
+        with np.errstate(over="ignore"):  # values beyond float32's range become inf: refused just below
+            out[k] = out[k].astype(np.float32)
         bad = ~np.isfinite(out[k])
         if bad.any():
-            row = int(np.argwhere(bad)[0][0])
-            raise ValueError(f"{source}: {k} has {int(bad.sum())} non-finite value(s) (NaN/inf), first at row {row}")
-    out["rewards"] = out["rewards"].astype(np.float32)
-    out["terminals"], out["timeouts"] = out["terminals"].astype(bool), out["timeouts"].astype(bool)
+            raise ValueError(f"{source}: {k} has {int(bad.sum())} non-finite value(s) as float32 (NaN, inf or "
+                             f"beyond float32's range), first at {_where(bad)}")
+    for k in FLAG_KEYS:
+        out[k] = _flags(k, out[k], source)
     return out
+
+
+def _flags(name: str, a, source: str) -> np.ndarray:
+    """Episode-end flags as bool, refusing any value but 0 / 1 (NaN or 0.5 would silently count as True)."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise ValueError(f"{source}: {name} is a masked array; pass a plain array")
+    a = np.asarray(a)
+    bad = (a != 0) & (a != 1)  # NaN compares unequal to both
+    if bad.any():
+        row = int(np.argmax(bad.ravel()))
+        raise ValueError(f"{source}: {name} must hold only 0 or 1 (episode-end flags); {int(bad.sum())} value(s) "
+                         f"do not, first at row {row}: {a.ravel()[row].item()!r}")
+    return a.astype(bool)
 
 
 @dataclass
@@ -103,8 +160,15 @@ class Dataset:
     terminals: np.ndarray
     timeouts: np.ndarray
     attrs: dict = field(default_factory=dict)
+    source: str = field(default="arrays", compare=False)  # names the data in error messages
 
     def __post_init__(self):
+        for k, v in _check({k: getattr(self, k) for k in KEYS}, self.source).items():
+            setattr(self, k, v)
+        env = self.attrs.get("env")
+        if env is not None and not isinstance(env, str):
+            raise ValueError(f"{self.source}: attribute env is {type(env).__name__} {env!r}, expected the "
+                             f"environment's name as text (e.g. 'hopper')")
         self.episodes = split_episodes(self.terminals, self.timeouts)
         self.rtg = returns_to_go(self.rewards, self.episodes)
         self.returns = np.array([self.rtg[s] for s, _ in self.episodes])
@@ -131,7 +195,7 @@ class Dataset:
     def subset(self, episode_ids) -> Dataset:
         """The dataset restricted to the given episodes (for held-out splits)."""
         idx = np.concatenate([np.arange(*self.episodes[i]) for i in episode_ids])
-        return Dataset(*(getattr(self, k)[idx] for k in KEYS), attrs=dict(self.attrs))
+        return Dataset(*(getattr(self, k)[idx] for k in KEYS), attrs=dict(self.attrs), source=self.source)
 
     def summary(self) -> dict:
         return {"transitions": len(self), "episodes": len(self.episodes),
@@ -168,29 +232,46 @@ class Dataset:
 
 
 def from_arrays(arrays: dict, attrs: dict | None = None, source: str = "arrays") -> Dataset:
-    return Dataset(**_check(arrays, source), attrs=dict(attrs or {}))
+    """A Dataset of in-memory arrays (checked as a file's are; masked arrays refused)."""
+    _require_keys(arrays, source)
+    return Dataset(**{k: arrays[k] for k in KEYS}, attrs=dict(attrs or {}), source=source)
 
 
 def load(path) -> Dataset:
-    """Read a D4RL-layout HDF5 file (genuine D4RL or written by `mincore rl collect`)."""
-    import h5py
+    """Read a D4RL-layout HDF5 file (genuine D4RL or written by `mincore rl collect`) through
+    mincore.autograd.h5safe: a FIFO or other non-regular file, links or storage outside the file,
+    wrong kinds or shapes and sizes the file cannot hold are refused (ValueError naming the file)
+    before anything is read; then the values are checked as from_arrays does."""
+    source = str(path)
+    with h5safe.open_file(path, what="D4RL-layout file") as f:
+        meta = _declared(f, source)
+        _check_layout({k: m[0] for k, m in meta.items()}, {k: m[1] for k, m in meta.items()}, source)
+        arrays = {k: h5safe.read_dataset(f, k, source=source, kinds=_kinds(k), shape=meta[k][0]) for k in KEYS}
+        attrs = h5safe.read_attrs(f, source=source)
+    return Dataset(**arrays, attrs=attrs, source=source)
 
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise ValueError(f"{path}: not a readable HDF5 file ({e})") from None
-    with f:
-        arrays = {k: f[k][()] for k in KEYS if k in f}
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-    return from_arrays(arrays, attrs, source=str(path))
+
+def _declared(f, source: str) -> dict:
+    """{key: (shape, dtype)} of the D4RL datasets as the file declares them (nothing read yet)."""
+    _require_keys(f, source)
+    meta = {}
+    for k in KEYS:
+        try:
+            d = f.get(k)
+            if not isinstance(d, h5py.Dataset):
+                raise ValueError(f"{source}: /{k} is a {type(d).__name__}, expected a dataset")
+            if d.shape is None:
+                raise ValueError(f"{source}: dataset /{k} has no elements at all (null dataspace), expected an array")
+            meta[k] = (tuple(int(n) for n in d.shape), d.dtype)
+        except (OSError, RuntimeError, KeyError, TypeError) as e:
+            raise ValueError(f"{source}: dataset /{k} cannot be read; the file is damaged or corrupted ({e})") from e
+    return meta
 
 
 def save(path, arrays: dict, attrs: dict | None = None) -> None:
     """Write D4RL keys (checked first) plus attributes atomically (temp file + rename)."""
     import os
     from pathlib import Path
-
-    import h5py
 
     data = _check(arrays, str(path))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
