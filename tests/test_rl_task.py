@@ -60,3 +60,25 @@ def test_imports_without_gymnasium_and_says_how_to_install(monkeypatch):
 
     with pytest.raises(RuntimeError, match=r"pip install 'mincore\[rl\]'"):
         rl_collect.make_env("hopper")
+
+
+def test_force_replaces_a_run(tmp_path, monkeypatch):
+    """train(force=True) reaches the training loop: a folder holding a run is replaced, not refused.
+    The simulator is stubbed out: here only the loop's handling of the folder is under test."""
+    import dataclasses
+
+    from mincore.tasks.rl import task as rl_task
+
+    monkeypatch.setattr(rl_task.rl_collect, "require_gym", lambda: None)
+    monkeypatch.setattr(rl_task, "_scores", lambda *args: {"scored": True})
+    _d4rl_file(tmp_path / "d.hdf5", obs=3, act=2)
+    cfg = rl.config("default", model="bc", env="hopper", dataset=str(tmp_path / "d.hdf5"), steps=1, eval_every=1,
+                    batch_size=2, eval_windows=2, bc_hidden=8)
+    out = tmp_path / "run"
+    assert rl.train(cfg, out, progress=False)["steps"] == 1
+    with pytest.raises(FileExistsError, match="force"):
+        rl.train(cfg, out, progress=False)
+    s = rl.train(dataclasses.replace(cfg, steps=2, eval_every=2), out, force=True, progress=False)
+    assert s["steps"] == 2 and s["scored"]
+    with pytest.raises(ValueError, match="resume=True .* force=True"):
+        rl.train(cfg, out, resume=True, force=True, progress=False)

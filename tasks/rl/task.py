@@ -183,8 +183,9 @@ class RLTask:
 Task = RLTask
 
 
-def train(cfg: RLConfig, out="runs/rl", *, resume: bool = False, progress: bool = True) -> dict:
-    """Collect (or read) the data, train the model, then the BC baseline, and score both in the simulator."""
+def train(cfg: RLConfig, out="runs/rl", *, resume: bool = False, force: bool = False, progress: bool = True) -> dict:
+    """Collect (or read) the data, train the model, then the BC baseline, and score both in the simulator.
+    A folder holding a run is refused unless `resume` continues it or `force` replaces it."""
     t0 = time.perf_counter()
     cfg.validate()
     rl_collect.require_gym()  # the scores need the simulator: say so before any training
@@ -199,7 +200,8 @@ def train(cfg: RLConfig, out="runs/rl", *, resume: bool = False, progress: bool 
 
     def scores(summary: dict) -> dict:  # summary.json's simulator scores, after training
         return _scores(task, data, out, progress, summary, t0)
-    return loop.train(task, cfg, out, task_name="rl", resume=resume, progress=progress, report=scores)
+    return loop.train(task, cfg, out, task_name="rl", resume=resume, force=force, progress=progress,
+                      report=scores)
 
 
 def _scores(task, data, out, progress, summary, t0) -> dict:
