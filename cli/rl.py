@@ -73,8 +73,9 @@ def _describe(path, ds):
     click.echo(f"{path}: {s['transitions']} transitions, {s['episodes']} episodes (mean length "
                f"{s['mean_length']:.0f}); return mean {s['mean_return']:.1f}, best {s['best_return']:.1f}")
     env = ds.attrs.get("env")
-    if env:
-        from mincore.tasks.rl.data import normalized_score
+    from mincore.tasks.rl.data import REF_MIN_MAX, normalized_score
+
+    if env in REF_MIN_MAX:  # the D4RL reference returns exist for these environments only
 
         click.echo(f"D4RL-normalised mean return: {float(normalized_score(env, s['mean_return'])):.1f} ({env})")
     for k in ("env_id", "kind", "how", "medium_eval_return", "best_eval_return"):

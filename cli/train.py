@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import json
 import os
 import sys
@@ -79,9 +78,6 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out,
                                  f"{', '.join(mod.MODELS)}", param_hint="--model")
     if resume and force:
         raise click.UsageError("--resume continues the run in --out and --force replaces it: give one of them")
-    if force and "force" not in inspect.signature(mod.train).parameters:
-        raise click.BadParameter(f"task {task} does not replace a run; remove the files in --out or train into "
-                                 f"another --out", param_hint="--force")
     overrides = task_overrides(mod, task, own)
     out = out or f"runs/{task}-{model or mod.PRESETS[preset].model}"
     if resume:
@@ -96,7 +92,7 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out,
     try:
         keep_freed_memory()  # each step's activations reuse freed memory (its docstring)
         with cpu_threads(threads or mod.THREADS or cpu_count()):
-            s = mod.train(cfg, out, resume=resume, progress=not quiet, **({"force": True} if force else {}))
+            s = mod.train(cfg, out, resume=resume, force=force, progress=not quiet)
     except NonFiniteLoss as e:
         raise click.ClickException(str(e)) from None
     if s["status"] == "interrupted":

@@ -12,7 +12,7 @@ The task-module contract. A task module, registered in TASKS by name, exposes
     config(preset="default", **overrides) -> Config    a preset, fields replaced (None values ignored)
     from_dict(d) -> Config                             the Config that config.json / a checkpoint keeps
     Task(cfg)                                          what the loop trains (below)
-    train(cfg, out, *, resume=False, progress=True) -> the summary dict (also in out/summary.json)
+    train(cfg, out, *, resume=False, force=False, progress=True) -> the summary dict (also in out/summary.json)
     describe(summary) -> str                           the finished run in words (`mincore train`)
     verify_data(meta, cfg, source, how)                optional: refuse data that is not the data the run
                                                        in checkpoint config `meta` read (ValueError)

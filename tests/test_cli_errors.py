@@ -268,4 +268,3 @@ def test_force_replaces_a_run_and_is_refused_with_resume(run_dir, tmp_path, tiny
     assert r.exit_code == 0, r.output
     assert load_checkpoint(out / "checkpoint.h5").step == 1
     one_line_error(invoke(*args, "--force", "--resume"), "--resume", "--force")
-    one_line_error(invoke("train", "--task", "rl", "--out", out, "--force"), "--force", "task rl")

@@ -284,3 +284,12 @@ def test_split_episodes_refuses_flags_other_than_0_1():
     with pytest.raises(ValueError, match="split_episodes: terminals must hold only 0 or 1.*row 1: nan"):
         rl_data.split_episodes(np.array([0.0, np.nan, 0.0]), np.zeros(3))
     assert rl_data.split_episodes(np.array([0, 1, 0]), np.zeros(3)) == [(0, 2), (2, 3)]
+
+
+def test_rl_info_of_an_environment_without_reference_returns(tmp_path):
+    """An `env` attribute naming no D4RL environment: the summary prints, without a normalised score."""
+    path = tmp_path / "pen.h5"
+    rl_data.save(path, arrays(), {"env": "pen"})
+    r = CliRunner().invoke(main, ["rl", "info", str(path)])
+    assert r.exit_code == 0, r.output
+    assert "transitions" in r.output and "normalised" not in r.output
