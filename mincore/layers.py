@@ -21,8 +21,10 @@ from mincore import cells
 from mincore.autograd import Parameter, Tensor, as_tensor, nn, no_grad, ops, primitive
 from mincore.backend import get_array_module
 from mincore.kernels import gates
+from mincore.sequential import GRU, LSTM, gru_op, lstm_op
 
-__all__ = ["min_gru_op", "min_lstm_op", "lookup_scan_op", "lru_op", "g_op", "MinGRU", "MinLSTM", "LRU"]
+__all__ = ["min_gru_op", "min_lstm_op", "lookup_scan_op", "lru_op", "g_op", "MinGRU", "MinLSTM", "LRU",
+           "gru_op", "lstm_op", "GRU", "LSTM"]
 
 
 def _split(xp, x, n):
