@@ -136,3 +136,75 @@ def kernels(engines, shapes, dtype, repeats, gpu, log_space, no_torch, plan, qui
     if json_path:
         with open(json_path, "w") as f:
             json.dump(rows, f, indent=1)
+
+
+def _lengths(ctx, param, text):
+    """--lengths 64,256,512 -> (64, 256, 512), each >= 1."""
+    if text is None:
+        return None
+    try:
+        lengths = tuple(int(t) for t in text.replace(" ", ",").split(",") if t)
+    except ValueError:
+        raise click.BadParameter(f"expected lengths such as 64,256,512, got {text!r}") from None
+    if not lengths or min(lengths) < 1:
+        raise click.BadParameter(f"lengths must be integers >= 1, got {text!r}")
+    return lengths
+
+
+@bench.command()
+@click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="gpu: CuPy arrays for mincore, CUDA for torch; times after a device synchronise.")
+@click.option("--quick", is_flag=True, help="Lengths 64,256,512 only.")
+@click.option("--lengths", callback=_lengths,
+              help="Sequence lengths T, comma-separated. [default: 64,128,...,4096, and 8192,16384 for the "
+                   "parallel models]")
+@click.option("--batch", type=click.IntRange(1), default=64, show_default=True, help="Sequences per step (B).")
+@click.option("--hidden", type=click.IntRange(1), default=256, show_default=True,
+              help="Hidden size H (the input size too).")
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True,
+              help="Timed steps per model and length (median), after two warm-ups.")
+@click.option("--sequential-max", type=click.IntRange(1), default=4096, show_default=True,
+              help="The longest T at which the sequential models (gru, lstm, torch-gru, torch-lstm) run.")
+@click.option("--model", "models", multiple=True,
+              type=click.Choice(["mingru", "minlstm", "gru", "lstm", "torch-mingru", "torch-gru", "torch-lstm"]),
+              help="Model to run (repeatable). [default: all; the torch ones when torch is installed]")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), callback=not_empty,
+              help="Also write the rows as JSON: {\"rows\": [{model, T, B, hidden, device, ms, peak_mb}, ...]}.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), callback=not_empty,
+              help="Also draw the figure (step time, speed-up, memory against T) into this PNG.")
+def paper(device, quick, lengths, batch, hidden, repeats, sequential_max, models, json_path, plot_path):
+    """One training step (forward, loss, backward) of minGRU / minLSTM against sequential GRU / LSTM.
+
+    The efficiency figure of "Were RNNs All We Needed?": step time (median), speed-up of each parallel
+    model over its sequential one, and the step's peak memory, against the sequence length T, for
+    mincore's layers and, when torch is installed, torch.nn.GRU / nn.LSTM and the paper's log-space
+    minGRU in PyTorch.
+
+    \b
+    Examples:
+      mincore bench paper --quick
+      mincore bench paper --json paper.json --plot paper.png
+      mincore bench paper --lengths 512,4096 --hidden 128 --model mingru --model gru
+      mincore bench paper --device gpu --lengths 64,512,4096,16384 --sequential-max 4096
+    """
+    import json
+
+    from mincore import bench_paper as P
+
+    try:
+        P.array_module(device)
+    except ValueError as e:  # no usable GPU: one line
+        raise click.ClickException(str(e)) from None
+    lengths = lengths or (P.QUICK_LENGTHS if quick else P.LENGTHS + P.LONG_LENGTHS)
+    check_fits(8 * batch * max(lengths) * hidden * 4, "--lengths",
+               f"a step at T = {max(lengths)} (batch {batch}, hidden {hidden})")
+    rows = P.run(device, lengths, batch=batch, hidden=hidden, repeats=repeats, sequential_max=sequential_max,
+                 models=models or P.MODELS, log=lambda text: click.echo(text, err=True))
+    name = P.device_name(device)
+    click.echo(f"one training step, batch {batch}, hidden {hidden}, float32, {device} ({name}):")
+    click.echo(P.markdown(rows))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"rows": rows, "device_name": name}, f, indent=1)
+    if plot_path:
+        P.plot(rows, plot_path, f"one training step, batch {batch}, hidden {hidden}, {name}")
