@@ -47,7 +47,20 @@ def _array(t):
 
 def _tensor(x):
     """The array x as a tensor on its device, sharing its memory."""
+    if any(s < 0 for s in x.strides):  # torch has no negative strides
+        x = _positive_strides(x)
     return torch.from_numpy(x) if isinstance(x, np.ndarray) else torch.from_dlpack(x)
+
+
+def _positive_strides(x):
+    """x without negative strides. Engines return C-contiguous arrays, where a negative stride can
+    only sit on an axis of length 1 (a reversed view, e.g. T = 1 in scan_backward(reverse=True)):
+    such a stride is never used, so it is replaced in place; any other array is copied."""
+    xp = mincore.get_array_module(x)
+    if not x.flags.c_contiguous:
+        return x.copy()
+    strides = [x.itemsize * int(np.prod(x.shape[i + 1:])) for i in range(x.ndim)]
+    return xp.lib.stride_tricks.as_strided(x, x.shape, strides)
 
 
 @contextlib.contextmanager
@@ -111,16 +124,17 @@ def _define(spec: _Spec):
     bwd_schema = (f"({kept}, Tensor h, Tensor dh, Tensor? h0{flags}, str? engine) -> "
                   f"({', '.join('Tensor' for _ in spec.inputs)}, Tensor)")
     n_in, n_kept = len(spec.inputs), len(spec.kept)
-    array_fwd = getattr(mincore, spec.name)
-    array_bwd = getattr(mincore, spec.name + "_backward")
 
+    # the array API functions are looked up at call time, so profilers (and tests) can wrap them
     def fwd_impl(*args):
         tensors, flag_values, engine = args[: n_in + 1], args[n_in + 1:-1], args[-1]
-        return _call(array_fwd, tensors, engine=engine, **dict(zip(spec.flags, flag_values, strict=True)))
+        return _call(getattr(mincore, spec.name), tensors, engine=engine,
+                     **dict(zip(spec.flags, flag_values, strict=True)))
 
     def bwd_impl(*args):
         tensors, flag_values, engine = args[: n_kept + 3], args[n_kept + 3:-1], args[-1]
-        return _call(array_bwd, tensors, engine=engine, **dict(zip(spec.flags, flag_values, strict=True)))
+        return _call(getattr(mincore, spec.name + "_backward"), tensors, engine=engine,
+                     **dict(zip(spec.flags, flag_values, strict=True)))
 
     fwd = torch.library.custom_op(f"mincore::{spec.name}", fwd_impl, mutates_args=(), schema=fwd_schema)
     bwd = torch.library.custom_op(f"mincore::{spec.name}_backward", bwd_impl, mutates_args=(),

@@ -1,0 +1,507 @@
+"""mincore.torch: the custom ops against the NumPy API (bit for bit: the same kernels on the same
+memory) and the float64 oracle, gradcheck, zero-copy, torch.compile, bad input; the modules against
+mincore.layers and minGRU-pytorch with copied weights, and a small model that trains. Skipped where
+torch is not installed (CI installs it); CUDA tests skip without a device."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mincore
+from mincore import layers
+from mincore.autograd import Tensor
+
+torch = pytest.importorskip("torch")
+import mincore.torch as mt  # noqa: E402  (after the skip: it imports torch)
+
+# function -> (its inputs before h0, the inputs its backward takes, the flag combinations)
+CELLS = {
+    "scan": (("a", "b"), ("a",), [{"reverse": False}, {"reverse": True}]),
+    "min_gru": (("k", "v"), ("k", "v"), [{"log_space": False}, {"log_space": True}]),
+    "min_lstm": (("kf", "ki", "v"), ("kf", "ki", "v"),
+                 [{"normalize": n, "log_space": s} for n in (True, False) for s in (False, True)]),
+    "lru_scan": (("lam", "bu"), ("lam",), [{}]),
+}
+CASES = [pytest.param(name, flags, id=f"{name}-{'-'.join(k for k, v in flags.items() if v) or 'plain'}")
+         for name, (_, _, combos) in CELLS.items() for flags in combos]
+TS = [0, 1, 17, 1031]
+
+
+def make_inputs(name, B, T, D, dtype, rng, with_h0=True):
+    """NumPy inputs of `name` (dtype real; complex of that precision for lru_scan) and h0 (or None)."""
+    names = CELLS[name][0]
+    cdt = np.result_type(dtype, np.complex64)
+    if name == "lru_scan":
+        lam = rng.uniform(0.5, 0.99, D) * np.exp(1j * rng.uniform(0, 2 * np.pi, D))
+        arrays = {"lam": lam.astype(cdt), "bu": (rng.standard_normal((B, T, D, 2)) @ [1, 1j]).astype(cdt)}
+        h0 = (rng.standard_normal((B, D, 2)) @ [1, 1j]).astype(cdt)
+    else:
+        arrays = {n: rng.standard_normal((B, T, D)).astype(dtype) for n in names}
+        if name == "scan":
+            arrays["a"] = rng.uniform(0.5, 1.0, (B, T, D)).astype(dtype)
+        h0 = rng.standard_normal((B, D)).astype(dtype)
+    return arrays, (h0 if with_h0 else None)
+
+
+def leaf(a):
+    """A contiguous tensor with a's values, requiring grad, sharing nothing with a (torch.tensor keeps
+    NumPy's strides of an empty array, some 0, which gradcheck refuses)."""
+    return torch.empty(a.shape, dtype=torch.from_numpy(a).dtype).copy_(torch.from_numpy(a)).requires_grad_()
+
+
+def leaves(arrays, h0):
+    """leaf() of every array and of h0 (None stays None)."""
+    return {n: leaf(a) for n, a in arrays.items()}, None if h0 is None else leaf(h0)
+
+
+def rel_err(got, want):
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-300)) if want.size else 0.0
+
+
+# ------------------------------------------------------------------------------ functions
+@pytest.mark.parametrize("T", TS)
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name,flags", CASES)
+def test_matches_array_api_and_oracle(name, flags, dtype, with_h0, T):
+    """Forward and autograd gradients equal the NumPy API's forward and backward exactly, and agree
+    with the float64 oracle (engine "numpy")."""
+    rng = np.random.default_rng(T)
+    arrays, h0 = make_inputs(name, 2, T, 8, dtype, rng, with_h0)
+    ts, th0 = leaves(arrays, h0)
+    h = getattr(mt, name)(*ts.values(), th0, **flags)
+    want = getattr(mincore, name)(*arrays.values(), h0, **flags)
+    np.testing.assert_array_equal(h.detach().numpy(), want)
+    assert h.dtype == ts[CELLS[name][0][-1]].dtype and h.shape == want.shape
+
+    dh = rng.standard_normal(want.shape).astype(want.dtype)
+    h.backward(torch.from_numpy(dh))
+    kept = [arrays[n] for n in CELLS[name][1]]
+    *grads, dh0 = getattr(mincore, name + "_backward")(*kept, want, dh, h0, **flags)
+    for n, g in zip(CELLS[name][0], grads, strict=True):
+        np.testing.assert_array_equal(ts[n].grad.numpy(), g, err_msg=n)
+    if with_h0:
+        np.testing.assert_array_equal(th0.grad.numpy(), dh0)
+
+    wide = {n: a.astype(np.result_type(a.dtype, np.float64)) for n, a in arrays.items()}
+    h0w = None if h0 is None else h0.astype(np.result_type(h0.dtype, np.float64))
+    oracle = getattr(mincore, name)(*wide.values(), h0w, engine="numpy", **flags)
+    assert rel_err(want, oracle) < (1e-10 if dtype == "float64" else 1e-5)
+    if dtype == "float64":  # float32 gradients vs the oracle: the engine suite's scaled tolerances
+        keptw = [wide[n] for n in CELLS[name][1]]
+        *gw, dh0w = getattr(mincore, name + "_backward")(*keptw, oracle, dh, h0w, engine="numpy", **flags)
+        for n, g in zip(CELLS[name][0], gw, strict=True):
+            assert rel_err(ts[n].grad.numpy(), g) < 1e-10, n
+        if with_h0:
+            assert rel_err(th0.grad.numpy(), dh0w) < 1e-10
+
+
+@pytest.mark.parametrize("T", TS)
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("name,flags", CASES)
+def test_gradcheck(name, flags, with_h0, T):
+    """torch.autograd.gradcheck in float64 (complex128 for lru_scan: Wirtinger derivatives) in every
+    tensor input, h0 and lam included; random projections (fast_mode) at T = 1031."""
+    arrays, h0 = make_inputs(name, 2, T, 3, "float64", np.random.default_rng(T + 1), with_h0)
+    ts, th0 = leaves(arrays, h0)
+    fn = getattr(mt, name)
+    inputs = (*ts.values(), th0) if with_h0 else tuple(ts.values())
+    assert torch.autograd.gradcheck(lambda *xs: fn(*xs, **flags), inputs, fast_mode=T > 100)
+
+
+def _layout(t):
+    """A non-contiguous copy of t."""
+    if t.ndim == 1:
+        return torch.stack([t, torch.zeros_like(t)], -1)[:, 0]
+    return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+
+def strided(t):
+    """t's values in a non-contiguous tensor; complex ones also lazily conjugated (conjugate bit)."""
+    t = t.detach()
+    return _layout(t.conj().resolve_conj()).conj() if t.is_complex() else _layout(t)
+
+
+@pytest.mark.parametrize("name,flags", CASES)
+def test_strided_inputs(name, flags):
+    """Transposed layouts, every-other-element views and conjugate-bit tensors give the results and
+    gradients of contiguous ones."""
+    arrays, h0 = make_inputs(name, 3, 17, 5, "float64", np.random.default_rng(3))
+    ts, th0 = leaves(arrays, h0)
+    views = {n: strided(t.detach()).requires_grad_() for n, t in ts.items()}
+    vh0 = strided(th0.detach()).requires_grad_()
+    assert not any(v.is_contiguous() for v in (*views.values(), vh0))
+    assert all(v.is_conj() for v in (*views.values(), vh0) if v.is_complex())
+    fn = getattr(mt, name)
+    h, hv = fn(*ts.values(), th0, **flags), fn(*views.values(), vh0, **flags)
+    torch.testing.assert_close(hv, h, rtol=0, atol=0)
+    dh = torch.randn_like(h)
+    h.backward(dh)
+    hv.backward(dh.transpose(0, 1).contiguous().transpose(0, 1))  # a strided gradient too
+    for n in ts:
+        torch.testing.assert_close(views[n].grad, ts[n].grad, rtol=0, atol=0)
+    torch.testing.assert_close(vh0.grad, th0.grad, rtol=0, atol=0)
+
+
+def test_zero_copy(monkeypatch):
+    """Contiguous tensors reach the kernels as views of their memory, and the kernels' outputs come
+    back as tensors over the same memory (forward and backward); a strided input is copied."""
+    seen = {}
+
+    def spy(fname):
+        real = getattr(mincore, fname)
+
+        def wrapped(*args, **kw):
+            out = real(*args, **kw)
+            seen[fname] = (args, out)
+            return out
+        monkeypatch.setattr(mincore, fname, wrapped)
+
+    spy("min_gru")
+    spy("min_gru_backward")
+    k, v = (torch.randn(2, 9, 4, requires_grad=True) for _ in range(2))
+    h = mt.min_gru(k, v)
+    (k_arr, v_arr, _), h_arr = seen["min_gru"]
+    assert k_arr.ctypes.data == k.data_ptr() and v_arr.ctypes.data == v.data_ptr()
+    assert h.data_ptr() == h_arr.ctypes.data
+    dh = torch.randn_like(h)
+    h.backward(dh)
+    (_, _, h_saved, dh_arr, _), (dk, dv, _) = seen["min_gru_backward"]
+    assert h_saved.ctypes.data == h.data_ptr() and dh_arr.ctypes.data == dh.data_ptr()
+    assert k.grad.data_ptr() == dk.ctypes.data and v.grad.data_ptr() == dv.ctypes.data
+    ks = torch.randn(2, 4, 9).transpose(1, 2)
+    mt.min_gru(ks, v.detach())
+    assert not seen["min_gru"][0][0].flags.c_contiguous  # the array API makes its one copy
+
+
+@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_opcheck(name, with_h0):
+    """torch.library.opcheck: schema, fake tensors (shapes and dtypes under torch.compile), autograd
+    registration and AOT dispatch of the forward and backward ops."""
+    arrays, h0 = make_inputs(name, 2, 5, 3, "float64", np.random.default_rng(0), with_h0)
+    flags = tuple(CELLS[name][2][-1].values())
+    ts, th0 = leaves(arrays, h0)
+    torch.library.opcheck(getattr(torch.ops.mincore, name).default, (*ts.values(), th0, *flags, None))
+    h = getattr(mincore, name)(*arrays.values(), h0, **CELLS[name][2][-1])
+    kept = [torch.from_numpy(arrays[n]) for n in CELLS[name][1]]
+    args = (*kept, torch.from_numpy(h), torch.ones_like(torch.from_numpy(h)),
+            None if h0 is None else torch.from_numpy(h0), *flags, None)
+    torch.library.opcheck(getattr(torch.ops.mincore, name + "_backward").default, args)
+
+
+def test_compile_fullgraph_matches_eager():
+    """torch.compile(fullgraph=True) with the default backend (inductor, which compiles C++ here) of
+    a small model using MinGRU: no graph break, same loss and gradients as eager."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), Recurrent(mt.MinGRU(8, 1.5, log_space=True, learn_h0=True)),
+                                torch.nn.Linear(8, 2)).double()
+    x = torch.randn(2, 11, 3, dtype=torch.float64)
+
+    def loss_fn(x):
+        return model(x).square().mean()
+
+    eager = loss_fn(x)
+    grads = torch.autograd.grad(eager, list(model.parameters()))
+    compiled = torch.compile(loss_fn, fullgraph=True)(x)
+    cgrads = torch.autograd.grad(compiled, list(model.parameters()))
+    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=0)
+    for g, cg in zip(grads, cgrads, strict=True):
+        torch.testing.assert_close(cg, g, rtol=1e-10, atol=1e-14)
+
+
+def test_compile_every_function():
+    """Every op (and the LRU's complex views) traced into one graph (backend aot_eager: the same
+    tracing, fake tensors and AOT autograd as inductor, without code generation)."""
+    rng = np.random.default_rng(1)
+    ins = {n: leaves(*make_inputs(n, 2, 6, 4, "float64", rng)) for n in CELLS}
+    lru = mt.LRU(4, 1.0, dtype=torch.float64)
+    x = torch.randn(2, 6, 4, dtype=torch.float64)
+
+    def f():
+        total = sum(getattr(mt, n)(*ts.values(), h0, **CELLS[n][2][-1]).abs().sum() for n, (ts, h0) in ins.items())
+        return total + lru(x)[0].sum()
+
+    eager, compiled = f(), torch.compile(f, fullgraph=True, backend="aot_eager")()
+    torch.testing.assert_close(compiled, eager, rtol=1e-12, atol=0)
+    params = [t for ts, h0 in ins.values() for t in (*ts.values(), h0)]
+    for g, cg in zip(torch.autograd.grad(eager, params), torch.autograd.grad(compiled, params), strict=True):
+        torch.testing.assert_close(cg, g, rtol=1e-12, atol=0)
+
+
+class Recurrent(torch.nn.Module):
+    """A recurrent module as a Sequential stage: y only."""
+
+    def __init__(self, cell):
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, x):
+        return self.cell(x)[0]
+
+
+# ------------------------------------------------------------------------------ bad input
+def _raises_like(fn, np_fn):
+    """fn raises the exception type and message that np_fn (the NumPy API call) raises."""
+    with pytest.raises((TypeError, ValueError)) as want:
+        np_fn()
+    with pytest.raises(want.type, match=re.escape(str(want.value))):
+        fn()
+
+
+def test_bad_input_same_errors_as_the_array_api():
+    k, v, h0 = np.zeros((2, 5, 3), np.float32), np.zeros((2, 5, 3), np.float32), np.zeros((2, 3), np.float32)
+    t = torch.from_numpy
+    cases = [  # (torch call, NumPy call)
+        (lambda: mt.min_gru(t(k).int(), t(v)), lambda: mincore.min_gru(k.astype(np.int32), v)),
+        (lambda: mt.min_gru(t(k), t(v).double()), lambda: mincore.min_gru(k, v.astype(np.float64))),
+        (lambda: mt.min_gru(t(k)[0], t(v)[0]), lambda: mincore.min_gru(k[0], v[0])),
+        (lambda: mt.min_gru(t(k), t(v)[:, :4]), lambda: mincore.min_gru(k, v[:, :4])),
+        (lambda: mt.min_gru(t(k), t(v), t(h0)[:1]), lambda: mincore.min_gru(k, v, h0[:1])),
+        (lambda: mt.min_gru(t(k), t(v), t(h0).double()), lambda: mincore.min_gru(k, v, h0.astype(np.float64))),
+        (lambda: mt.min_gru(t(k), t(v), log_space=1), lambda: mincore.min_gru(k, v, log_space=1)),
+        (lambda: mt.min_lstm(t(k), t(k), t(v), normalize="yes"), lambda: mincore.min_lstm(k, k, v, normalize="yes")),
+        (lambda: mt.scan(t(k).half(), t(v).half()), lambda: mincore.scan(k.astype(np.float16), v.astype(np.float16))),
+        (lambda: mt.lru_scan(t(h0[0]).to(torch.complex64), t(v)),
+         lambda: mincore.lru_scan(h0[0].astype(np.complex64), v)),
+        (lambda: mt.lru_scan(t(h0[0]).to(torch.complex128), t(v).to(torch.complex64)),
+         lambda: mincore.lru_scan(h0[0].astype(np.complex128), v.astype(np.complex64))),
+        (lambda: mt.lru_scan(t(h0[0][:2]).to(torch.complex64), t(v).to(torch.complex64)),
+         lambda: mincore.lru_scan(h0[0][:2].astype(np.complex64), v.astype(np.complex64))),
+        (lambda: mt.min_gru(t(k), t(v), engine="nope"), lambda: mincore.min_gru(k, v, engine="nope")),
+    ]
+    for i, (fn, np_fn) in enumerate(cases):
+        try:
+            _raises_like(fn, np_fn)
+        except BaseException as e:
+            raise AssertionError(f"case {i}") from e
+
+
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental")
+def test_bad_input_torch_specific():
+    k = torch.zeros(2, 5, 3)
+    with pytest.raises(TypeError, match=r"v: expected a torch.Tensor, got ndarray"):
+        mt.min_gru(k, np.zeros((2, 5, 3), np.float32))
+    with pytest.raises(TypeError, match=r"v: on device meta, but k is on cpu; move them to one device"):
+        mt.min_gru(k, torch.zeros(2, 5, 3, device="meta"))
+    with pytest.raises(TypeError, match=r"h0: on device meta, but kf is on cpu"):
+        mt.min_lstm(k, k, k, torch.zeros(2, 3, device="meta"))
+    with pytest.raises(TypeError, match=r"k: dtype torch.bfloat16 is not supported .* k.float\(\)"):
+        mt.min_gru(k.bfloat16(), k.bfloat16())
+    with pytest.raises(TypeError, match=r"b: dtype torch.complex32 is not supported"):
+        mt.scan(k, k.to(torch.complex32))
+
+
+# ------------------------------------------------------------------------------ modules
+def _attr(obj, dotted):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def copy_into_layer(tm, ml):
+    """tm's (torch module) parameters into ml (the mincore.layers twin): Linear weights transposed."""
+    for name, p in tm.named_parameters():
+        arr = p.detach().numpy()
+        _attr(ml, name).data = (arr.T if name.endswith("weight") else arr).copy()
+
+
+def layer_grad(ml, name):
+    """The gradient of the mincore.layers parameter (as the torch layout), zeros where it has none."""
+    p = _attr(ml, name)
+    g = np.zeros(p.shape) if p.grad is None else p.grad
+    return g.T if name.endswith("weight") else g
+
+
+MODULES = [
+    pytest.param(mt.MinGRU, layers.MinGRU, {"log_space": True, "learn_h0": True}, 1.5, id="mingru-log-h0"),
+    pytest.param(mt.MinGRU, layers.MinGRU, {}, 1.0, id="mingru-noproj"),
+    pytest.param(mt.MinLSTM, layers.MinLSTM, {"learn_h0": True}, 2.0, id="minlstm-h0"),
+    pytest.param(mt.MinLSTM, layers.MinLSTM, {"normalize": False, "log_space": True}, 1.0, id="minlstm-raw-log"),
+    pytest.param(mt.LRU, layers.LRU, {"learn_h0": True}, 1.5, id="lru-h0"),
+]
+
+
+@pytest.mark.parametrize("T", [0, 1, 13])
+@pytest.mark.parametrize("given_h0", [False, True])
+@pytest.mark.parametrize("tcls,lcls,kw,expansion", MODULES)
+def test_module_matches_mincore_layers(tcls, lcls, kw, expansion, given_h0, T):
+    """Same parameters (copied) give the same y, h_last and gradients (x, h0 and every parameter) as
+    the mincore.layers module, in float64; step over the sequence reproduces forward."""
+    torch.manual_seed(T)
+    tm = tcls(4, expansion, dtype=torch.float64, **kw)
+    if tm.h0 is not None:
+        torch.nn.init.normal_(tm.h0, 0.3)  # zeros at init: make the learned state matter
+    ml = lcls(4, expansion, **kw)
+    copy_into_layer(tm, ml)
+    rng = np.random.default_rng(T)
+    x = rng.standard_normal((3, T, 4))
+    width = 2 * tm.N if tcls is mt.LRU else tm.inner
+    h0 = rng.uniform(0.1, 1.0, (3, width)) if given_h0 else None
+    tx, th0 = torch.tensor(x, requires_grad=True), None if h0 is None else torch.tensor(h0, requires_grad=True)
+    y, h_last = tm(tx, th0)
+    lx, lh0 = Tensor(x, requires_grad=True), None if h0 is None else Tensor(h0, requires_grad=True)
+    ly, lh_last = ml.forward(lx, lh0)
+    np.testing.assert_allclose(y.detach().numpy(), ly.data, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(h_last.detach().numpy(), lh_last.data, rtol=1e-12, atol=1e-14)
+    dy, dl = rng.standard_normal(y.shape), rng.standard_normal(h_last.shape)
+    ((y * torch.from_numpy(dy)).sum() + (h_last * torch.from_numpy(dl)).sum()).backward()
+    ((ly * Tensor(dy)).sum() + (lh_last * Tensor(dl)).sum()).backward()
+    np.testing.assert_allclose(tx.grad.numpy(), lx.grad, rtol=1e-10, atol=1e-13)
+    if given_h0:
+        np.testing.assert_allclose(th0.grad.numpy(), lh0.grad, rtol=1e-10, atol=1e-13)
+    for name, p in tm.named_parameters():
+        got = np.zeros(p.shape) if p.grad is None else p.grad.numpy()  # None: unused (T = 0, h0 given)
+        np.testing.assert_allclose(got, layer_grad(ml, name), rtol=1e-10, atol=1e-13, err_msg=name)
+
+    state, ys = th0, []
+    for t in range(T):
+        y_t, state = tm.step(tx[:, t], state)
+        ys.append(y_t)
+    if T:
+        torch.testing.assert_close(torch.stack(ys, 1), y, rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(state, h_last, rtol=1e-12, atol=1e-13)
+
+
+def test_module_float32_and_chunks():
+    """float32 modules (torch's default dtype), and a sequence in two chunks carrying h_last equals
+    the whole sequence."""
+    torch.manual_seed(0)
+    for m in (mt.MinGRU(6, 2.0, learn_h0=True), mt.MinLSTM(6), mt.LRU(6)):
+        x = torch.randn(2, 20, 6)
+        y, h = m(x)
+        assert y.dtype == torch.float32 and y.shape == x.shape
+        y1, h1 = m(x[:, :7])
+        y2, h2 = m(x[:, 7:], h1)
+        torch.testing.assert_close(torch.cat([y1, y2], 1), y, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(h2, h, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("T", [1, 2, 17])
+@pytest.mark.parametrize("expansion", [1.0, 1.5])
+@pytest.mark.parametrize("with_prev", [False, True])
+def test_mingru_matches_mingru_pytorch(expansion, with_prev, T):
+    """lucidrains' minGRU-pytorch (log-space minGRU, the paper's appendix B.3) with copied weights:
+    same outputs, next hidden state and parameter gradients in float64. Its to_hidden_and_gate is
+    [hidden | gate] without bias; mincore's to_hidden is [k | v] = [gate | hidden]."""
+    mgp = pytest.importorskip("minGRU_pytorch")
+    torch.manual_seed(T)
+    ref = mgp.minGRU(6, expansion_factor=expansion).double()
+    m = mt.MinGRU(6, expansion, log_space=True, bias=False, dtype=torch.float64)
+    inner = m.inner
+    with torch.no_grad():
+        w = ref.to_hidden_and_gate.weight
+        m.to_hidden.weight.copy_(torch.cat([w[inner:], w[:inner]]))
+        if m.to_out is not None:
+            m.to_out.weight.copy_(ref.to_out.weight)
+    assert (m.to_out is None) == isinstance(ref.to_out, torch.nn.Identity)
+    x = torch.randn(3, T, 6, dtype=torch.float64)
+    prev = torch.rand(3, 1, inner, dtype=torch.float64) + 0.1 if with_prev else None
+    y_ref, h_ref = ref(x, prev, return_next_prev_hidden=True)
+    y, h_last = m(x, None if prev is None else prev[:, 0])
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(h_last, h_ref[:, 0], rtol=1e-10, atol=1e-12)
+    dy = torch.randn_like(y)
+    (y_ref * dy).sum().backward()
+    (y * dy).sum().backward()
+    gw = ref.to_hidden_and_gate.weight.grad
+    torch.testing.assert_close(m.to_hidden.weight.grad, torch.cat([gw[inner:], gw[:inner]]), rtol=1e-9, atol=1e-11)
+    if m.to_out is not None:
+        torch.testing.assert_close(m.to_out.weight.grad, ref.to_out.weight.grad, rtol=1e-9, atol=1e-11)
+
+
+def smoothing_batches(n=8, B=16, T=64):
+    """n batches of x ~ N(0, 1) and the target y_t = 3 (0.8 y_{t-1} + 0.2 x_t) (unit variance), which
+    every cell can represent exactly (a constant gate of 0.8)."""
+    x = np.random.default_rng(1).standard_normal((n, B, T, 1)).astype(np.float32)
+    y = 3 * mincore.scan(np.full((n * B, T, 1), 0.8, np.float32), 0.2 * x.reshape(n * B, T, 1))
+    return list(zip(torch.from_numpy(x), torch.from_numpy(y.reshape(x.shape)), strict=True))
+
+
+@pytest.mark.parametrize("cls,kw", [(mt.MinGRU, {}), (mt.MinGRU, {"log_space": True}), (mt.MinLSTM, {}),
+                                    (mt.LRU, {})], ids=["mingru", "mingru-log", "minlstm", "lru"])
+def test_small_model_trains(cls, kw):
+    """Linear(1, 8) -> cell(8) -> Linear(8, 1), Adam (lr 0.03): the MSE on exponential smoothing, about
+    1 at the start (the target's variance), falls below 0.01 in 200 steps of (16, 64) batches."""
+    torch.manual_seed(0)
+    inp, cell, head = torch.nn.Linear(1, 8), cls(8, **kw), torch.nn.Linear(8, 1)
+    params = [*inp.parameters(), *cell.parameters(), *head.parameters()]
+    opt = torch.optim.Adam(params, lr=0.03)
+    data, losses = smoothing_batches(), []
+    for i in range(200):
+        x, y = data[i % len(data)]
+        loss = torch.nn.functional.mse_loss(head(cell(inp(x))[0]), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] > 0.5 and max(losses[-10:]) < 0.01, (losses[0], losses[-10:])
+
+
+# ------------------------------------------------------------------------------ docs
+def test_interop_pytorch_examples_run():
+    """docs/INTEROP.md's PyTorch section: every Python block runs as printed."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "INTEROP.md").read_text()
+    section = text.split("## PyTorch", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert blocks, "docs/INTEROP.md lost its PyTorch example"
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"docs/INTEROP.md PyTorch block {i + 1}", "exec"), {"__name__": "__interop__"})
+
+
+# ------------------------------------------------------------------------------ CUDA
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch has no CUDA device (CPU build or no GPU)")
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("name,flags", CASES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cuda_matches_cupy(name, flags, dtype):
+    """CUDA tensors run the CuPy engine: forward and gradients equal the CuPy API on the same data,
+    on a side stream, with no host synchronisation from torch."""
+    import cupy
+
+    arrays, h0 = make_inputs(name, 2, 300, 16, dtype, np.random.default_rng(0))
+    ts = {n: torch.tensor(a, device="cuda", requires_grad=True) for n, a in arrays.items()}
+    th0 = torch.tensor(h0, device="cuda", requires_grad=True)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            h = getattr(mt, name)(*ts.values(), th0, **flags)
+            dh = torch.ones_like(h)
+            h.backward(dh)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    ca = {n: cupy.asarray(a) for n, a in arrays.items()}
+    want = getattr(mincore, name)(*ca.values(), cupy.asarray(h0), **flags)
+    np.testing.assert_array_equal(h.detach().cpu().numpy(), cupy.asnumpy(want))
+    kept = [ca[n] for n in CELLS[name][1]]
+    *grads, dh0 = getattr(mincore, name + "_backward")(*kept, want, cupy.ones_like(want), cupy.asarray(h0), **flags)
+    for n, g in zip(CELLS[name][0], grads, strict=True):
+        np.testing.assert_array_equal(ts[n].grad.cpu().numpy(), cupy.asnumpy(g), err_msg=n)
+    np.testing.assert_array_equal(th0.grad.cpu().numpy(), cupy.asnumpy(dh0))
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_float16_and_mixed_devices():
+    k = torch.randn(2, 64, 8, device="cuda", dtype=torch.float16, requires_grad=True)
+    v = torch.randn(2, 64, 8, device="cuda", dtype=torch.float16, requires_grad=True)
+    h = mt.min_gru(k, v, log_space=True)
+    h.sum().backward()
+    assert h.dtype == torch.float16 and k.grad.dtype == torch.float16
+    want = mt.min_gru(k.detach().float(), v.detach().float(), log_space=True)
+    torch.testing.assert_close(h.float(), want, rtol=2e-2, atol=2e-2)
+    with pytest.raises(TypeError, match=r"v: on device cpu, but k is on cuda:0"):
+        mt.min_gru(k, v.detach().cpu())
+    m = mt.MinGRU(8, 2.0).cuda()
+    y, h_last = m(torch.randn(2, 16, 8, device="cuda"))
+    assert y.device.type == "cuda" and h_last.shape == (2, 16)
