@@ -46,7 +46,7 @@ DEPENDS = {  # layer -> the layers it may import directly (and, through them, wh
     "cells": {"kernels", "checks"},
     "api": {"cells"},
     "bench": {"api"},
-    "adapters": {"api"},
+    "adapters": {"api"},  # mincore.torch / mincore.jax: the array API only; nothing in mincore imports them
     "autograd": {"backend", "kernels"},
     "layers": {"api", "autograd"},
     "models": {"layers"},
@@ -197,20 +197,39 @@ def test_the_checker_sees_the_tree():
         "mincore.bench_fake": {"mincore.autograd.nn": True},  # undeclared, so it may ...
         "mincore.bench": {**deps["mincore.bench"], "mincore.bench_fake": True},  # ... but bench may not
         "mincore.autograd.eager": {"mincore.kernels.numba_act": True},  # lazy edge used eagerly
+        "mincore.layers_fake": {"mincore.torch": False},  # undeclared, imports an adapter ...
+        "mincore.layers": {**deps["mincore.layers"], "mincore.layers_fake": False},  # ... so layers may not
+        "mincore.torch.fake": {"mincore.autograd": False},  # an adapter importing the autograd
     }
     bad = violations({**deps, **planted})
     for who, what in [("mincore.kernels.fake", "mincore.cells (cells)"),
                       ("mincore.autograd.fake", "mincore.cells (cells)"),
                       ("mincore.bench (bench)", "mincore.autograd.nn (autograd) (through mincore.bench_fake)"),
-                      ("mincore.autograd.eager", "mincore.kernels.numba_act (kernels) at module level")]:
+                      ("mincore.autograd.eager", "mincore.kernels.numba_act (kernels) at module level"),
+                      ("mincore.layers (layers)", "mincore.torch (adapters) (through mincore.layers_fake)"),
+                      ("mincore.torch.fake", "mincore.autograd (autograd) inside a function")]:
         assert any(b.startswith(who) and what in b for b in bad), (who, bad)
-    assert len(bad) == 4, bad
+    assert len(bad) == 6, bad
+
+
+def test_the_adapters_are_in_the_graph():
+    """mincore.torch (and mincore.jax, where present) are checked as the adapters layer, and their
+    imports are seen (an adapter file the checker missed would pass anything)."""
+    deps = graph()
+    assert "mincore.torch" in deps and layer_of("mincore.torch") == "adapters"
+    assert "mincore.torch.ops" in deps and deps["mincore.torch.ops"].get("mincore") is True
+    assert deps["mincore.torch.modules"].get("mincore.torch.ops") is True
+    assert all(layer_of(n) == "adapters" for n in deps if n.startswith(("mincore.torch.", "mincore.jax")))
+    users = [f"{n} imports {d}" for n, ds in deps.items() for d in ds
+             if d.startswith(("mincore.torch", "mincore.jax")) and layer_of(n) != "adapters"]
+    assert not users, users
 
 
 @pytest.mark.parametrize("name,layer", [
     ("mincore", "api"), ("mincore.checks", "checks"), ("mincore.kernels.logspace", "kernels"),
     ("mincore.bench_gpu", "bench"), ("mincore.autograd.tensor", "autograd"), ("mincore.cli.main", "cli"),
-    ("mincore.backendish", None)])
+    ("mincore.torch", "adapters"), ("mincore.torch.ops", "adapters"), ("mincore.jax", "adapters"),
+    ("mincore.torchish", None), ("mincore.backendish", None)])
 def test_layer_of(name, layer):
     assert layer_of(name) == layer
 
@@ -218,7 +237,10 @@ def test_layer_of(name, layer):
 @pytest.mark.parametrize("upper,lower,ok", [
     ("cli", "bench", True), ("tasks", "bench", False), ("layers", "kernels", True),
     ("autograd", "cells", False), ("cells", "autograd", False), ("kernels", "checks", False),
-    ("bench", "autograd", False), ("adapters", "autograd", False), ("models", "tasks", False)])
+    ("bench", "autograd", False), ("adapters", "autograd", False), ("models", "tasks", False),
+    ("adapters", "cells", True), ("adapters", "checks", True), ("adapters", "backend", True),
+    ("adapters", "layers", False), ("layers", "adapters", False), ("cli", "adapters", False),
+    ("api", "adapters", False)])
 def test_reachable(upper, lower, ok):
     assert (lower in reachable(upper, lazy_ok=True)) is ok
 
