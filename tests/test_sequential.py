@@ -177,3 +177,25 @@ def test_equals_torch_with_the_same_weights(cls, bias):
     for name, p in twin.named_parameters():
         mine = ours[name.removesuffix("_l0")].grad
         np.testing.assert_allclose(mine.T if mine.ndim == 2 else mine, p.grad.numpy(), **tol, err_msg=name)
+
+
+@pytest.mark.parametrize("cls", [GRU, LSTM])
+def test_the_loop_over_t_runs_its_small_gemms_on_one_blas_thread(cls, monkeypatch):
+    """Per-step GEMMs (B rows) on one BLAS thread, the GEMMs over all t (B T rows) on every thread."""
+    from threadpoolctl import threadpool_info
+
+    from mincore import sequential
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    outside, seen, mm = blas_threads(), {}, ops.mm
+
+    def spy(a, b):
+        seen.setdefault("step" if a.shape[0] == B else "all t", set()).update(blas_threads())
+        return mm(a, b)
+    monkeypatch.setattr(sequential.ops, "mm", spy)
+    m = cls(D, H, rng=np.random.default_rng(0))
+    y, _ = m(Tensor(np.ones((B, T, D), np.float32), requires_grad=True))
+    ops.sum(y).backward()
+    assert seen["step"] == {1} and seen["all t"] == set(outside)
+    assert blas_threads() == outside
