@@ -4,30 +4,39 @@ functions that work under `jax.jit`, `jax.grad` and `jax.vmap` (extra `mincore[j
 Same names, arguments and defaults as the NumPy API (`mincore.scan` ...), differentiable in every array
 argument (h0 and lam included). Forward and backward each call the NumPy API once, on the host, through
 `jax.pure_callback`: the engine it picks for NumPy arrays (numba unless MINCORE_ENGINE says otherwise).
-The callback sees XLA's CPU buffers as read-only NumPy views, so inputs are not copied; each result is
-copied once into XLA's output buffer. Each function is jitted (per shape, dtype and flags), so a call
-outside `jax.jit` costs a cache lookup after the first, not a trace.
+Each function is jitted per shape, dtype and flags, so a call outside `jax.jit` costs a cache lookup
+after the first, not a trace. NumPy inputs are converted as the NumPy API converts them and put on the
+CPU device.
 
-Why `jax.pure_callback` and not the XLA FFI: an FFI target is a compiled C/C++ handler (built against
-XLA's FFI headers) that XLA calls with raw buffers. mincore's kernels are numba functions compiled at run
-time, and mincore ships no compiled extension, so an FFI target would mean a C++ build for every
-platform and Python version, or a handler that calls back into Python, which is what `pure_callback`
-already is. The cost of the callback is measured by benchmarks/jax_adapter.py (docs/INTEROP.md).
+The price of the callback: JAX copies every array passed to it (into a new CPU array) and every
+result (into XLA's buffer). At large sizes this costs more than the kernels: minGRU forward + backward
+at (64, 4096, 256) float32 passes six (B, T, D) arrays in and three out (benchmarks/jax_adapter.py,
+figures in docs/INTEROP.md). The backward gets only what its adjoint reads (not scan's b or the LRU's
+bu).
+
+Why `jax.pure_callback` and not the XLA FFI, which would pass XLA's buffers without a copy: an FFI
+target is a native handler that XLA calls with a C call frame. mincore's kernels are numba functions
+compiled at run time and mincore ships no compiled extension, so an FFI target means either a C++ build
+against XLA's FFI headers for every platform and Python version, or a handler made at run time (numba
+`cfunc` or ctypes) that reads XLA's call-frame structs by hand and so breaks when their C ABI changes.
+`pure_callback` is public, stable API and needs neither.
 
 Complex gradients (`lru_scan`): mincore returns dL/dRe + i dL/dIm (PyTorch's convention); JAX's
 cotangents are the conjugates of those, so the backward conjugates the cotangent on the way in and the
 gradients on the way out.
 
-`jax.vmap`: a mapped axis is folded into the batch axis B, so the kernels run once on the whole batch;
-where that would change the result (`lru_scan`'s lam mapped, or the gradient of lam, which sums over
-B), the callback loops over the mapped axis instead.
+`jax.vmap`: the callback gets the mapped axes in front of each argument (vmap_method="expand_dims") and
+folds them into the batch axis B, so the kernels run once on the whole batch; where that would change
+the result (`lru_scan` with lam mapped, and its backward, whose dlam sums over B) it calls the kernel
+once per mapped index instead.
 
 GPU and TPU arrays are refused with a ValueError. A callback runs on the host: XLA would copy every
 input from the device and every result back, synchronising at each call. Reaching mincore's CuPy
-kernels without that round trip would need an XLA FFI target launching them on XLA's CUDA stream;
-XLA can only call compiled code there, and the CuPy kernels are compiled by NVRTC and launched from
-Python at run time. The check runs on concrete arrays at the call and, under `jax.jit`, when XLA
-compiles for a platform other than the CPU.
+kernels without that round trip needs an XLA FFI target that launches them on XLA's CUDA stream with
+XLA's device buffers; XLA can only call native code there, while the CuPy kernels are compiled by NVRTC
+and launched from Python at run time (and the FFI objection above applies). The check runs on concrete
+arrays at the call and, under `jax.jit`, when XLA compiles for a platform other than the CPU (a tracer
+carries no device).
 """
 
 from __future__ import annotations
@@ -115,12 +124,16 @@ def _sequences(dtypes, h0, **named):
 
 # --------------------------------------------------------------------------------------------
 # the operations: host kernels with one signature each, forward(*args) -> h and
-# backward(*args, h, dh) -> one gradient per argument; RANKS: the core rank of each argument
+# backward(*used args, h, dh) -> one gradient per argument; RANKS: the core rank of each argument;
+# USED: the arguments the backward reads (every array passed to a callback is copied, so b and bu,
+# which the adjoint does not read, are neither passed nor kept for it)
 
 
 RANKS = {"scan": (3, 3, 2), "min_gru": (3, 3, 2), "min_lstm": (3, 3, 3, 2), "lru_scan": (1, 3, 2)}
 NAMES = {"scan": ("a", "b", "h0"), "min_gru": ("k", "v", "h0"), "min_lstm": ("kf", "ki", "v", "h0"),
          "lru_scan": ("lam", "bu", "h0")}
+USED = {"scan": (True, False, True), "min_gru": (True, True, True), "min_lstm": (True, True, True, True),
+        "lru_scan": (True, False, True)}
 
 
 def _kernels(name: str, *flags):
@@ -128,7 +141,7 @@ def _kernels(name: str, *flags):
     if name == "scan":
         (reverse,) = flags
         return (lambda a, b, h0: mincore.scan(a, b, h0, reverse=reverse),
-                lambda a, b, h0, h, dh: mincore.scan_backward(a, h, dh, h0, reverse=reverse))
+                lambda a, h0, h, dh: mincore.scan_backward(a, h, dh, h0, reverse=reverse))
     if name == "min_gru":
         (log_space,) = flags
         return (lambda k, v, h0: mincore.min_gru(k, v, h0, log_space=log_space),
@@ -138,7 +151,7 @@ def _kernels(name: str, *flags):
         return (lambda kf, ki, v, h0: mincore.min_lstm(kf, ki, v, h0, **kw),
                 lambda kf, ki, v, h0, h, dh: mincore.min_lstm_backward(kf, ki, v, h, dh, h0, **kw))
 
-    def lru_backward(lam, bu, h0, h, dh):
+    def lru_backward(lam, h0, h, dh):
         # JAX's cotangents are the conjugates of mincore's dL/dRe + i dL/dIm, both ways
         return tuple(np.conj(g) for g in mincore.lru_scan_backward(lam, h, np.conj(dh), h0))
     return (lambda lam, bu, h0: mincore.lru_scan(lam, bu, h0)), lru_backward
@@ -148,7 +161,10 @@ def _kernels(name: str, *flags):
 def _op(name: str, *flags):
     """The custom_vjp function of operation `name` with its static flags (one per combination)."""
     forward, backward = _kernels(name, *flags)
-    ranks, names = RANKS[name], NAMES[name]
+    ranks, names, used = RANKS[name], NAMES[name], USED[name]
+
+    def keep(xs):
+        return tuple(x for x, u in zip(xs, used, strict=True) if u)
 
     @jax.custom_vjp
     def op(*args):
@@ -157,11 +173,13 @@ def _op(name: str, *flags):
 
     def op_fwd(*args):
         h = op(*args)
-        return h, (args, h)
+        return h, (keep(args), h)
 
     def op_bwd(res, dh):
-        args, h = res
-        return _host(backward, (*names, "h", "dh"), (*ranks, 3, 3), tuple(map(_like, args)), (*args, h, dh))
+        kept, h = res
+        it = iter(kept)  # an unused argument (b, bu) has h's shape and dtype
+        specs = tuple(_like(next(it) if u else h) for u in used)
+        return _host(backward, (*keep(names), "h", "dh"), (*keep(ranks), 3, 3), specs, (*kept, h, dh))
 
     op.defvjp(op_fwd, op_bwd)
     return jax.jit(op)

@@ -169,6 +169,22 @@ def test_lru_gradient_convention():
         np.testing.assert_allclose(g, np.conj(t), rtol=1e-12, atol=1e-12)
 
 
+def test_backward_callback_takes_only_what_the_adjoint_reads(monkeypatch):
+    """Every array passed to a callback is copied by JAX: scan's and lru_scan's backward get neither
+    b nor bu (their adjoints do not read them), only (a or lam, h0, h, dh)."""
+    seen = []
+    real = mj._batched
+
+    def spy(kernel, ranks, specs, *args):
+        seen.append(len(args))
+        return real(kernel, ranks, specs, *args)
+    monkeypatch.setattr(mj, "_batched", spy)
+    for op in ("scan", "lru_scan"):
+        args = draw(op, (3, 11, 5), "float64", True)  # a shape no other test compiles
+        jax.grad(lambda *a, op=op: jnp.sum(jnp.abs(getattr(mj, op)(*a)) ** 2), (0, 1, 2))(*args)
+    assert seen == [3, 4, 3, 4]
+
+
 # --------------------------------------------------------------------------------------------
 # jit and vmap
 
