@@ -100,6 +100,31 @@ def test_matches_array_api_and_oracle(name, flags, dtype, with_h0, T):
             assert rel_err(th0.grad.numpy(), dh0w) < 1e-10
 
 
+@pytest.mark.parametrize("name,flags", CASES)
+def test_engine_passes_through(name, flags):
+    """engine= reaches the array API in the forward and the backward: engine "numpy" (the oracle)
+    gives its results bit for bit."""
+    arrays, h0 = make_inputs(name, 2, 9, 4, "float64", np.random.default_rng(5))
+    ts, th0 = leaves(arrays, h0)
+    h = getattr(mt, name)(*ts.values(), th0, engine="numpy", **flags)
+    want = getattr(mincore, name)(*arrays.values(), h0, engine="numpy", **flags)
+    np.testing.assert_array_equal(h.detach().numpy(), want)
+    h.backward(torch.ones_like(h))
+    kept = [arrays[n] for n in CELLS[name][1]]
+    *grads, dh0 = getattr(mincore, name + "_backward")(*kept, want, np.ones_like(want), h0, engine="numpy", **flags)
+    for n, g in zip(CELLS[name][0], grads, strict=True):
+        np.testing.assert_array_equal(ts[n].grad.numpy(), g, err_msg=n)
+    np.testing.assert_array_equal(th0.grad.numpy(), dh0)
+
+
+def test_no_second_derivatives():
+    """The backward operator has no autograd formula: differentiating it raises, never a wrong zero."""
+    k, v = (torch.randn(2, 5, 3, requires_grad=True) for _ in range(2))
+    (dk,) = torch.autograd.grad(mt.min_gru(k, v).sum(), k, create_graph=True)
+    with pytest.raises(RuntimeError, match="no autograd formula was registered"):
+        dk.sum().backward()
+
+
 @pytest.mark.parametrize("T", TS)
 @pytest.mark.parametrize("with_h0", [False, True])
 @pytest.mark.parametrize("name,flags", CASES)
