@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Primitive
-from jax.interpreters import batching, mlir
+from jax.interpreters import ad, batching, mlir
 
 import mincore
 
@@ -262,10 +262,19 @@ def _on_host_lowering(ctx, *xs, names):
     _refuse(names[0], f"the computation is compiled for {', '.join(ctx.module_context.platforms)}")
 
 
+def _no_second_derivative(primals, tangents, names):
+    # only a backward's check is ever differentiated: custom_vjp keeps JAX out of the forward's
+    op = next(op for op, first in NAMES.items() if first[0] == names[0])
+    raise TypeError(f"mincore.jax.{op}: no second derivatives: its backward runs mincore's kernels in a host "
+                    "callback, which JAX cannot differentiate (the functions are differentiable once, in "
+                    "reverse mode: jax.grad, jax.vjp)")
+
+
 _on_host_p = Primitive("mincore_on_host")
 _on_host_p.multiple_results = True
 _on_host_p.def_impl(_on_host_impl)
 _on_host_p.def_abstract_eval(lambda *avals, names: avals)
+ad.primitive_jvps[_on_host_p] = _no_second_derivative
 batching.primitive_batchers[_on_host_p] = lambda xs, dims, names: (_on_host_p.bind(*xs, names=names), dims)
 mlir.register_lowering(_on_host_p, _on_host_lowering)
 mlir.register_lowering(_on_host_p, lambda ctx, *xs, names: list(xs), platform="cpu")

@@ -185,6 +185,18 @@ def test_backward_callback_takes_only_what_the_adjoint_reads(monkeypatch):
     assert seen == [3, 4, 3, 4]
 
 
+@pytest.mark.parametrize("op", ["scan", "min_gru", "min_lstm", "lru_scan"])
+def test_differentiable_once_in_reverse_mode(op):
+    args = draw(op, (2, 5, 3), "float64", True)
+
+    def loss(*a):
+        return jnp.sum(jnp.abs(getattr(mj, op)(*a)) ** 2)
+    with pytest.raises(TypeError, match=rf"^mincore.jax.{op}: no second derivatives"):
+        jax.grad(lambda *a: jnp.sum(jnp.abs(jax.grad(loss, 1)(*a))))(*args)
+    with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
+        jax.jvp(loss, args, args)
+
+
 # --------------------------------------------------------------------------------------------
 # jit and vmap
 
