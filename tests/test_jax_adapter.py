@@ -6,6 +6,8 @@ possible, else one kernel call per mapped index); bad input."""
 from __future__ import annotations
 
 import functools
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -375,3 +377,17 @@ def test_refused_on_a_gpu():
         mj.min_gru(k, k)
     with pytest.raises(ValueError, match=r"^k: the computation is compiled for cuda"):
         jax.jit(mj.min_gru)(k, k)
+
+
+def test_interop_jax_examples_run():
+    """docs/INTEROP.md's JAX section: every Python block runs as printed (x64 as the reader has it: off)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "INTEROP.md").read_text()
+    section = text.split("\n## JAX\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert blocks, "docs/INTEROP.md lost its JAX example"
+    jax.config.update("jax_enable_x64", False)
+    try:
+        for i, block in enumerate(blocks):
+            exec(compile(block, f"docs/INTEROP.md JAX block {i + 1}", "exec"), {"__name__": "__interop__"})
+    finally:
+        jax.config.update("jax_enable_x64", True)
