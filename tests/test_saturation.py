@@ -176,6 +176,7 @@ def test_min_lstm_normalised_gates_far_below_the_exp_range(backend, dtype, kf, k
 
 
 @dtypes
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NumPy on the NaN input
 def test_nan_and_inf_propagate_as_in_the_oracle(backend, dtype):
     backend.skip_unless_dtype(dtype)
     k = np.zeros((1, 3, 1), dtype)
