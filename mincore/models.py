@@ -19,10 +19,36 @@ import numpy as np
 from mincore.autograd import Tensor, as_tensor, nn, no_grad, optim
 from mincore.layers import LRU, MinGRU, MinLSTM
 
-__all__ = ["SequenceModel", "Block"]
+__all__ = ["SequenceModel", "Block", "LRU_SLOW", "lru_param_groups", "contiguous"]
 
 _CELLS = {"mingru": MinGRU, "minlstm": MinLSTM, "lru": LRU}
 _NORMS = {"rms": nn.RMSNorm, "layer": nn.LayerNorm}
+# the LRU parameters trained at a smaller lr and without weight decay (Orvieto et al. 2023, sec. 3 and
+# appendix: "the smaller lr and no decay on nu, theta, gamma, B")
+LRU_SLOW = ("nu_log", "theta_log", "gamma_log", "B")
+
+
+def lru_param_groups(model, weight_decay: float, lr: float, lru_lr_factor: float = 1.0, no_decay=()) -> list[dict]:
+    """AdamW groups of `model` (a Module): decay on the weight matrices; none on the names in `no_decay`
+    and the parameters flagged Parameter.no_decay (biases, norms, ...); and the nu_log, theta_log,
+    gamma_log and B of every LRU in it in a group of their own, at lr * lru_lr_factor, without decay.
+    Without an LRU: optim.param_groups."""
+    slow = [getattr(m, name) for m in model.modules() if isinstance(m, LRU) for name in LRU_SLOW]
+    ids = {id(p) for p in slow}
+    rest = [(n, p) for n, p in model.named_parameters() if id(p) not in ids]
+    groups = optim.param_groups(rest, weight_decay, no_decay)
+    if slow:
+        groups.append({"params": slow, "weight_decay": 0.0, "lr": lr * lru_lr_factor})
+    return groups
+
+
+def contiguous(module):
+    """`module` with every parameter C-contiguous. The LRU's C starts in the transposed layout, and a
+    checkpoint loads it C-contiguous: small GEMMs round differently on the two layouts, so a resumed
+    run would drift from the uninterrupted one in the last bits. One layout from the start keeps them equal."""
+    for p in module.parameters():
+        p.data = np.ascontiguousarray(p.data)
+    return module
 
 
 def _pick(table, name, what):
@@ -41,7 +67,8 @@ class Block(nn.Module):
         seed = lambda: np.random.default_rng(rng.integers(2**63))  # noqa: E731 - independent streams
         self.conv = nn.CausalConv1d(d_model, conv_kernel, rng=rng) if conv_kernel else None
         self.norm1 = Norm(d_model)
-        self.rnn = _pick(_CELLS, cell, "cell")(d_model, expansion, engine=engine, rng=rng, **(cell_kw or {}))
+        rnn = _pick(_CELLS, cell, "cell")(d_model, expansion, engine=engine, rng=rng, **(cell_kw or {}))
+        self.rnn = contiguous(rnn)
         self.drop = nn.Dropout(dropout, rng=seed())
         self.norm2 = Norm(d_model) if mlp else None
         self.mlp = nn.MLP(d_model, mlp_hidden, dropout, rng=rng) if mlp else None

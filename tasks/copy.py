@@ -8,9 +8,11 @@ held-out set is a fixed set of sequences from a separate seed (a random sequence
 repeats one of them with probability below 1e-20, so held-out means never trained on).
 
 Model (the paper's): embedding -> n_layers pre-norm residual minRNN blocks (RMSNorm, minGRU or
-minLSTM with expansion, dropout; no conv, no MLP) -> RMSNorm -> linear head. Only the N marker
-positions are scored, so the last block's output projection, the final norm and the head run on those
-positions alone: the same numbers as the full model, with fewer multiplies.
+minLSTM with expansion, dropout; no conv, no MLP) -> RMSNorm -> linear head; `--model lru` puts the
+LRU (Orvieto et al. 2023, N = expansion * d_model complex states) in the blocks instead, its nu, theta,
+gamma and B at lr * lru_lr_factor without weight decay. Only the N marker positions are scored, so
+the last block's output projection, the final norm and the head run on those positions alone: the
+same numbers as the full model, with fewer multiplies.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mincore.autograd import F, nn, no_grad, optim
-from mincore.models import Block
+from mincore.autograd import F, nn, no_grad, ops
+from mincore.layers import LRU, lru_op
+from mincore.models import Block, lru_param_groups
 
 from . import loop
 from .config import LoopConfig
@@ -29,7 +32,7 @@ __all__ = ["CopyConfig", "PRESETS", "MODELS", "THREADS", "OPTIONS", "NOISE", "MA
            "CopyTask", "Task", "config", "from_dict", "train", "describe"]
 
 NOISE, MARKER = 15, 0  # the official data's tokens; data tokens are 1 .. vocab - 2
-MODELS = ("mingru", "minlstm")
+MODELS = ("mingru", "minlstm", "lru")
 # CPU threads `mincore train` uses unless --threads says otherwise: the model is small (batch 32 x 48
 # steps x width 384), so a second thread mostly adds synchronisation (300 steps: 33 s on one thread, 84 s
 # on two, shared 2-core machine)
@@ -39,7 +42,7 @@ OPTIONS = ()  # no settings of its own on the `mincore train` command line
 
 @dataclass(frozen=True)
 class CopyConfig(LoopConfig):
-    model: str = "mingru"            # recurrent cell: mingru | minlstm
+    model: str = "mingru"            # recurrent cell: mingru | minlstm | lru
     seq_len: int = 64                # L: tokens per sequence, markers included (data region L - N)
     n_data: int = 16                 # N: data tokens to copy, in order
     vocab: int = 16                  # tokens: marker 0, data 1 .. vocab-2, noise vocab-1
@@ -50,6 +53,7 @@ class CopyConfig(LoopConfig):
     eval_size: int = 1024            # held-out sequences
     eval_batch: int = 256            # held-out sequences per forward pass
     eval_seed: int = 20240917        # seed of the held-out set (its own stream, never trained on)
+    lru_lr_factor: float = 0.5       # lru: lr of nu, theta, gamma, B relative to lr (Orvieto et al.: 0.1-0.5)
 
     def validate(self):
         super().validate()
@@ -60,6 +64,8 @@ class CopyConfig(LoopConfig):
                              f"{self.vocab}, n_data {self.n_data}, seq_len {self.seq_len}")
         if min(self.d_model, self.n_layers, self.eval_size, self.eval_batch) < 1 or self.expansion <= 0:
             raise ValueError("d_model, n_layers, eval_size, eval_batch and expansion must be positive")
+        if not 0 < self.lru_lr_factor <= 1:
+            raise ValueError(f"lru_lr_factor must be in (0, 1], got {self.lru_lr_factor}")
 
 
 PRESETS = {
@@ -110,16 +116,25 @@ class CopyModel(nn.Module):
             h, _ = blk(h)
         # last block, x + Dropout(RNN(Norm(x))), with the RNN's output projection on n_out positions
         blk = blocks[-1]
-        s = blk.rnn.scan(blk.norm1(h))[:, -n_out:]
-        h = h[:, -n_out:] + blk.drop(blk.rnn.out(s))
-        return self.head(self.norm(h))
+        return self.head(self.norm(h[:, -n_out:] + blk.drop(_last_outputs(blk.rnn, blk.norm1(h), n_out))))
 
     def _first_block(self, blk, x, h):
         """The first block's input is an embedding row, so Norm + input projection depend on the token
         alone: the layer projects the (vocab, d) table once and gathers rows (scan_lookup) instead of a
-        GEMM over every position; the table's gradient reaches the embedding through the same tape."""
+        GEMM over every position; the table's gradient reaches the embedding through the same tape.
+        The LRU has no scan_lookup: its block runs as it is."""
+        if isinstance(blk.rnn, LRU):
+            return blk(h)[0]
         s = blk.rnn.scan_lookup(blk.norm1(self.embed.weight), x)
         return h + blk.drop(blk.rnn.out(s))
+
+
+def _last_outputs(rnn, u, n_out):
+    """rnn(u)[0][:, -n_out:], with the output projection (the LRU's C and D) on those positions only."""
+    if isinstance(rnn, LRU):
+        h = lru_op(u, rnn.B, rnn.nu_log, rnn.theta_log, rnn.gamma_log, None, engine=rnn.engine)[:, -n_out:]
+        return ops.linear(h, rnn.C) + u[:, -n_out:] * rnn.D
+    return rnn.out(rnn.scan(u)[:, -n_out:])
 
 
 class CopyTask:
@@ -136,9 +151,11 @@ class CopyTask:
 
     def param_groups(self):
         # no decay on biases, norm gains and the recurrent layers' gate projections (to_hidden:
-        # the gates and the candidate share its matrix), as for the LRU's recurrent parameters
+        # the gates and the candidate share its matrix), as for the LRU's recurrent parameters,
+        # which also get the smaller lr (lru_param_groups)
+        c = self.cfg
         gates = [n for n, _ in self.model.named_parameters() if ".rnn.to_hidden." in n]
-        return optim.param_groups(self.model.named_parameters(), self.cfg.weight_decay, gates)
+        return lru_param_groups(self.model, c.weight_decay, c.lr, c.lru_lr_factor, no_decay=gates)
 
     def batch(self, rng, size):
         c = self.cfg

@@ -6,7 +6,9 @@ Split as nanoGPT: the first 90% of characters train, the last 10% test.
 
 Model (the paper's, appendix C): embedding -> n_layers blocks of
     x = x + CausalConv1d_4(x);  x = x + Dropout(minRNN(RMSNorm(x)));  x = x + MLP(RMSNorm(x))
--> RMSNorm -> linear head (mincore.models.SequenceModel), minRNN with expansion 2.
+-> RMSNorm -> linear head (mincore.models.SequenceModel), minRNN with expansion 2. `--model lru` puts
+the LRU (Orvieto et al. 2023) in place of the minRNN, its nu, theta, gamma and B at lr * lru_lr_factor
+without weight decay.
 
 Test loss (`loss`): nanoGPT's estimate, i.e. windows of `context` characters, every position
 counted, mean cross entropy in nats per character; here the windows tile the WHOLE test split
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mincore.autograd import F, no_grad
-from mincore.models import SequenceModel
+from mincore.models import SequenceModel, lru_param_groups
 
 from . import Option, loop, saved_config
 from .chardata import CORPUS_NAME, CORPUS_SHA256, CORPUS_URL, Vocab, corpus_path, load_text, sha256, split
@@ -35,7 +37,7 @@ __all__ = ["ShakespeareConfig", "PRESETS", "MODELS", "THREADS", "OPTIONS", "CORP
            "CORPUS_NAME", "Vocab", "corpus_path", "load_text", "split", "build_model", "ShakespeareTask", "Task",
            "config", "from_dict", "train", "describe", "verify_data", "load_model", "generate"]
 
-MODELS = ("mingru", "minlstm")
+MODELS = ("mingru", "minlstm", "lru")
 # CPU threads `mincore train` uses unless --threads says otherwise (None: all cores). The default
 # preset's GEMMs (4096 x 128 x 512) scale: 0.30-0.35 s per step on 2 threads against 0.39-0.44 on one
 # (2-core machine, docs/SHAKESPEARE.md).
@@ -45,7 +47,7 @@ OPTIONS = (Option("data", "a UTF-8 text file [default: tiny-shakespeare, downloa
 
 @dataclass(frozen=True)
 class ShakespeareConfig(LoopConfig):
-    model: str = "mingru"            # recurrent cell: mingru | minlstm
+    model: str = "mingru"            # recurrent cell: mingru | minlstm | lru
     data: str | None = None          # UTF-8 text file; None: tiny-shakespeare from the per-user cache
     context: int = 256               # characters per training window (and per test window)
     d_model: int = 384               # residual stream width (embedding size)
@@ -57,6 +59,7 @@ class ShakespeareConfig(LoopConfig):
     eval_batch: int = 64             # test windows per forward pass
     eval_chunk: int = 8192           # characters per forward in the stateful pass
     stateful_eval: bool = True       # also report stateful_loss at every evaluation
+    lru_lr_factor: float = 0.5       # lru: lr of nu, theta, gamma, B relative to lr (Orvieto et al.: 0.1-0.5)
 
     def validate(self):
         super().validate()
@@ -67,6 +70,8 @@ class ShakespeareConfig(LoopConfig):
         if self.expansion <= 0 or not 0 <= self.dropout < 1 or self.conv_kernel < 0:
             raise ValueError(f"need expansion > 0, 0 <= dropout < 1, conv_kernel >= 0; got {self.expansion}, "
                              f"{self.dropout}, {self.conv_kernel}")
+        if not 0 < self.lru_lr_factor <= 1:
+            raise ValueError(f"lru_lr_factor must be in (0, 1], got {self.lru_lr_factor}")
 
 
 PRESETS = {
@@ -110,7 +115,8 @@ class ShakespeareTask:
         self.model, self.xp = build_model(cfg, len(self.vocab)), np
 
     def param_groups(self):
-        return self.model.param_groups(self.cfg.weight_decay)
+        c = self.cfg
+        return lru_param_groups(self.model, c.weight_decay, c.lr, c.lru_lr_factor)
 
     def batch(self, rng, size):
         """nanoGPT's get_batch: `size` random windows of context + 1 characters from the train split."""
