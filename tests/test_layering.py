@@ -34,7 +34,7 @@ LAYERS = {  # module name (or package prefix) -> layer; the longest match wins; 
     "mincore.bench": "bench", "mincore.bench_gpu": "bench",
     "mincore.torch": "adapters", "mincore.jax": "adapters",
     "mincore.autograd": "autograd",
-    "mincore.layers": "layers",
+    "mincore.layers": "layers", "mincore.lru": "layers", "mincore.sequential": "layers",
     "mincore.models": "models",
     "mincore.tasks": "tasks",
     "mincore.cli": "cli",
