@@ -20,21 +20,14 @@ import argparse
 import functools
 import os
 import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from interleaved import medians, table  # benchmarks/interleaved.py (run as a script)
 
 import mincore
 import mincore.jax as mj
-
-
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def log_g(x):
@@ -73,28 +66,6 @@ def cases(shape, jax_scan: bool, seed=0):
     return out
 
 
-def medians(cases, runs, ref_runs, slow="JAX log-space") -> dict:
-    """name -> (median seconds, runs); the cases run in turn, each once per round after one warm-up
-    call; names starting with `slow` stop after ref_runs rounds."""
-    for fn in cases.values():
-        fn()
-    times = {name: [] for name in cases}
-    for r in range(runs):
-        for name, fn in cases.items():
-            if r < ref_runs or not name.startswith(slow):
-                times[name].append(timed(fn))
-    return {name: (statistics.median(t), len(t)) for name, t in times.items()}
-
-
-def table(title, results, base):
-    print(f"\n{title}")
-    print(f"| {'':32} | {'median':>10} | runs | vs {base} |")
-    print(f"|{'-' * 34}|{'-' * 12}|------|{'-' * (len(base) + 5)}|")
-    ref = results[base][0]
-    for name, (sec, n) in results.items():
-        print(f"| {name:32} | {sec * 1e3:7.1f} ms | {n:4} | {sec / ref:6.2f}x |")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", type=int, nargs=3, default=[64, 4096, 256], metavar=("B", "T", "D"))
@@ -105,7 +76,7 @@ def main():
     print(f"jax {jax.__version__}, mincore {mincore.__version__}, {os.cpu_count()} CPUs, "
           f"{platform.processor() or platform.machine()}")
     shape = tuple(args.shape)
-    res = medians(cases(shape, args.jax_scan), args.runs, args.ref_runs)
+    res = medians(cases(shape, args.jax_scan), args.runs, args.ref_runs, slow="JAX log-space")
     table(f"minGRU log-space forward + backward, {shape} float32", res, "mincore.min_gru (NumPy API)")
 
 

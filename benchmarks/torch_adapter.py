@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from interleaved import medians, table  # benchmarks/interleaved.py (run as a script)
 from torch import nn
 
 import mincore
@@ -38,12 +37,6 @@ try:
     from minGRU_pytorch.minGRU import heinsen_associative_scan_log, log_g
 except ImportError:  # optional: its rows are left out
     minGRU_pytorch = None
-
-
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def scan_cases(shape, seed=0):
@@ -115,28 +108,6 @@ def train_cases(batch, seq, n_data=16):
     return cases
 
 
-def medians(cases, runs, ref_runs, slow="minGRU-pytorch") -> dict:
-    """name -> median seconds; the cases run in turn, each once per round after one warm-up call
-    (numba compiles, pages are touched); names starting with `slow` stop after ref_runs rounds."""
-    for fn in cases.values():
-        fn()
-    times = {name: [] for name in cases}
-    for r in range(runs):
-        for name, fn in cases.items():
-            if r < ref_runs or not name.startswith(slow):
-                times[name].append(timed(fn))
-    return {name: (statistics.median(t), len(t)) for name, t in times.items()}
-
-
-def table(title, results, base):
-    print(f"\n{title}")
-    print(f"| {'':32} | median | runs | vs {base} |")
-    print(f"|{'-' * 34}|--------|------|{'-' * (len(base) + 5)}|")
-    ref = results[base][0]
-    for name, (sec, n) in results.items():
-        print(f"| {name:32} | {sec * 1e3:7.0f} ms | {n:4} | {sec / ref:6.2f}x |")
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shape", type=int, nargs=3, default=[64, 4096, 256], metavar=("B", "T", "D"))
@@ -149,10 +120,10 @@ def main():
           f"minGRU-pytorch {'not installed' if minGRU_pytorch is None else 'installed'}, "
           f"{platform.processor() or platform.machine()}")
     shape = tuple(args.shape)
-    res = medians(scan_cases(shape), args.runs, args.ref_runs)
+    res = medians(scan_cases(shape), args.runs, args.ref_runs, slow="minGRU-pytorch")
     table(f"minGRU log-space forward + backward, {shape} float32", res, "mincore.min_gru (NumPy API)")
     if not args.no_train:
-        res = medians(train_cases(64, 256), args.steps, args.steps)
+        res = medians(train_cases(64, 256), args.steps, args.steps, slow="minGRU-pytorch")
         table("training step, selective copying (batch 64, sequence 256), PyTorch", res, "mincore.torch.MinGRU")
 
 
