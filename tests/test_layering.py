@@ -36,7 +36,7 @@ LAYERS = {  # module name (or package prefix) -> layer; the longest match wins; 
     "mincore.autograd": "autograd",
     "mincore.layers": "layers", "mincore.lru": "layers", "mincore.sequential": "layers",
     "mincore.models": "models",
-    "mincore.tasks": "tasks",
+    "mincore.tasks": "tasks", "mincore.bench_paper": "tasks",  # times training steps of layers
     "mincore.cli": "cli",
 }
 DEPENDS = {  # layer -> the layers it may import directly (and, through them, what they reach)
