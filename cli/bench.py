@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from .options import check_engine, check_fits, not_empty
+from .options import check_engine, check_fits, not_empty, warn_threads
 
 PLAN_HELP = ("GPU launch plan forced on every GPU engine, e.g. dpb=16,nseg=16,C=1 (channels per block, "
              "time segments per block, chunks along T); a sweep over plans tunes the plan rule on a new device.")
@@ -165,6 +165,9 @@ def _lengths(ctx, param, text):
               help="Timed steps per model and length (median), after two warm-ups.")
 @click.option("--sequential-max", type=click.IntRange(1), default=4096, show_default=True,
               help="The longest T at which the sequential models (gru, lstm, torch-gru, torch-lstm) run.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads for BLAS, the numba kernels and torch, at most the CPUs this process may use. "
+                   "[default: every CPU]")
 @click.option("--model", "models", multiple=True,
               type=click.Choice(["mingru", "minlstm", "gru", "lstm", "torch-mingru", "torch-gru", "torch-lstm"]),
               help="Model to run (repeatable). [default: all; the torch ones when torch is installed]")
@@ -172,7 +175,7 @@ def _lengths(ctx, param, text):
               help="Also write the rows as JSON: {\"rows\": [{model, T, B, hidden, device, ms, peak_mb}, ...]}.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), callback=not_empty,
               help="Also draw the figure (step time, speed-up, memory against T) into this PNG.")
-def paper(device, quick, lengths, batch, hidden, repeats, sequential_max, models, json_path, plot_path):
+def paper(device, quick, lengths, batch, hidden, repeats, sequential_max, threads, models, json_path, plot_path):
     """One training step (forward, loss, backward) of minGRU / minLSTM against sequential GRU / LSTM.
 
     The efficiency figure of "Were RNNs All We Needed?": step time (median), speed-up of each parallel
@@ -184,7 +187,7 @@ def paper(device, quick, lengths, batch, hidden, repeats, sequential_max, models
     Examples:
       mincore bench paper --quick
       mincore bench paper --json paper.json --plot paper.png
-      mincore bench paper --lengths 512,4096 --hidden 128 --model mingru --model gru
+      mincore bench paper --lengths 512,4096 --hidden 128 --model mingru --model gru --threads 1
       mincore bench paper --device gpu --lengths 64,512,4096,16384 --sequential-max 4096
     """
     import json
@@ -198,9 +201,14 @@ def paper(device, quick, lengths, batch, hidden, repeats, sequential_max, models
     lengths = lengths or (P.QUICK_LENGTHS if quick else P.LENGTHS + P.LONG_LENGTHS)
     check_fits(8 * batch * max(lengths) * hidden * 4, "--lengths",
                f"a step at T = {max(lengths)} (batch {batch}, hidden {hidden})")
+    if threads is not None:
+        from mincore.backend import cpu_count
+
+        warn_threads(threads)
+        threads = min(threads, cpu_count())
     rows = P.run(device, lengths, batch=batch, hidden=hidden, repeats=repeats, sequential_max=sequential_max,
-                 models=models or P.MODELS, log=lambda text: click.echo(text, err=True))
-    name = P.device_name(device)
+                 models=models or P.MODELS, threads=threads, log=lambda text: click.echo(text, err=True))
+    name = P.device_name(device) + (f", {threads} thread{'s' if threads > 1 else ''}" if threads else "")
     click.echo(f"one training step, batch {batch}, hidden {hidden}, float32, {device} ({name}):")
     click.echo(P.markdown(rows))
     if json_path:

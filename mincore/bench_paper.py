@@ -18,6 +18,7 @@ torch, torch.cuda.max_memory_allocated.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 import tracemalloc
@@ -58,14 +59,21 @@ def array_module(device: str):
 
 
 def device_name(device: str) -> str:
+    """The GPU's name, or the CPU's model name and how many CPUs this process may use."""
     if device == "gpu":
         import cupy as cp
 
         return cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["name"].decode()
-    import os
     import platform
 
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    from mincore.backend import cpu_count
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    return f"{cpu}, {cpu_count()} CPUs"
 
 
 def import_torch():
@@ -81,14 +89,12 @@ def import_torch():
 def mincore_step(model: str, x, hidden: int):
     """A closure running one training step of mincore's `model` on x (B, T, hidden)."""
     from mincore.autograd import Tensor
+    from mincore.backend import get_array_module
     from mincore.layers import GRU, LSTM, MinGRU, MinLSTM
 
     layer = {"mingru": MinGRU, "minlstm": MinLSTM, "gru": GRU, "lstm": LSTM}[model](hidden)
-    xp = type(x).__module__.split(".")[0]
-    if xp == "cupy":
-        import cupy
-
-        layer.to(xp=cupy)
+    if get_array_module(x) is not np:
+        layer.to(xp=get_array_module(x))  # the weights onto the device
     inp = Tensor(x, requires_grad=True)
 
     def step():
@@ -133,13 +139,11 @@ def torch_step(model: str, x, hidden: int, torch):
 
 def sync_for(xp, torch):
     """A function that waits for the device (the host clock times GPU work only after it)."""
-    if xp is np:
-        return lambda: None
-
     def sync():
-        xp.cuda.Device().synchronize()
-        if torch is not None:
-            torch.cuda.synchronize()
+        if xp is not np:
+            xp.cuda.Device().synchronize()
+            if torch is not None:
+                torch.cuda.synchronize()
     return sync
 
 
@@ -147,16 +151,13 @@ def median_ms(steps: dict, repeats: int, sync, warmup: int = 2) -> dict:
     """Median ms per step over `repeats` rounds, each round running every step once, after `warmup`
     rounds (torch's CPU LSTM is still slow on its second call at a new shape)."""
     times = {m: [] for m in steps}
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    sync()
-    for _ in range(repeats):
+    for i in range(warmup + repeats):
         for m, step in steps.items():
             t0 = time.perf_counter()
             step()
             sync()
-            times[m].append(time.perf_counter() - t0)
+            if i >= warmup:
+                times[m].append(time.perf_counter() - t0)
     return {m: 1e3 * statistics.median(ts) for m, ts in times.items()}
 
 
@@ -239,36 +240,65 @@ def models_at(T: int, models, sequential_max: int, torch) -> list[str]:
             and (torch is not None or not m.startswith("torch"))]
 
 
+@contextlib.contextmanager
+def cpu_threads(n: int | None, torch):
+    """At most n CPU threads for BLAS (threadpoolctl), numba's kernels and torch in the block (None:
+    as they are). On a busy machine a second BLAS thread waits for a core at every hand-off."""
+    if n is None:
+        yield
+        return
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    old = numba.get_num_threads(), torch.get_num_threads() if torch is not None else None
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    if torch is not None:
+        torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        numba.set_num_threads(old[0])
+        if torch is not None:
+            torch.set_num_threads(old[1])
+
+
 def run(device="cpu", lengths=LENGTHS + LONG_LENGTHS, batch=BATCH, hidden=HIDDEN, repeats=REPEATS,
-        sequential_max=LENGTHS[-1], models=MODELS, log=None):
-    """Rows {model, T, B, hidden, device, ms, peak_mb} of every model at every length (see models_at)."""
-    for name, value in (("batch", batch), ("hidden", hidden), ("repeats", repeats)):
+        sequential_max=LENGTHS[-1], models=MODELS, threads=None, log=None):
+    """Rows {model, T, B, hidden, device, ms, peak_mb} of every model at every length (see models_at);
+    threads: at most that many CPU threads (cpu_threads), None for every one."""
+    for name, value in (("batch", batch), ("hidden", hidden), ("repeats", repeats), ("threads", threads or 1),
+                        ("lengths", min(lengths, default=0))):
         if int(value) < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
-    if not lengths or min(lengths) < 1:
-        raise ValueError(f"lengths must be >= 1, got {tuple(lengths)}")
-    unknown = [m for m in models if m not in MODELS]
-    if unknown:
-        raise ValueError(f"unknown model {unknown[0]!r}; expected one of {', '.join(MODELS)}")
+            raise ValueError(f"{name} must be >= 1, got {tuple(lengths) if name == 'lengths' else value}")
+    for m in models:
+        if m not in MODELS:
+            raise ValueError(f"unknown model {m!r}; expected one of {', '.join(MODELS)}")
     xp, torch = array_module(device), import_torch()
     if torch is not None and xp is not np and not torch.cuda.is_available():
         torch = None  # a CPU-only torch next to CuPy: no torch rows on the GPU
+    with cpu_threads(threads, torch):
+        return [row for T in lengths
+                for row in _rows_at(T, xp, torch, batch, hidden, repeats, sequential_max, models, device, log)]
+
+
+def _rows_at(T, xp, torch, batch, hidden, repeats, sequential_max, models, device, log) -> list[dict]:
+    """The rows of every model that runs at length T (models_at)."""
+    names = models_at(T, models, sequential_max, torch)
+    x = xp.asarray(np.random.default_rng(T).standard_normal((batch, T, hidden), dtype=np.float32))
+    steps = {m: torch_step(m, x, hidden, torch) if m.startswith("torch") else mincore_step(m, x, hidden)
+             for m in names}
+    if log:
+        log(f"T = {T}: {', '.join(names)}")
+    ms = {}
+    for torch_ones in (False, True):  # one framework at a time: their thread pools do not take turns
+        ms.update(median_ms({m: f for m, f in steps.items() if m.startswith("torch") == torch_ones}, repeats,
+                            sync_for(xp, torch)))
     rows = []
-    for T in lengths:
-        names = models_at(T, models, sequential_max, torch)
-        x = xp.asarray(np.random.default_rng(T).standard_normal((batch, T, hidden), dtype=np.float32))
-        steps = {m: torch_step(m, x, hidden, torch) if m.startswith("torch") else mincore_step(m, x, hidden)
-                 for m in names}
-        if log:
-            log(f"T = {T}: {', '.join(names)}")
-        ms = {}
-        for torch_ones in (False, True):  # one framework at a time: their thread pools do not take turns
-            ms.update(median_ms({m: f for m, f in steps.items() if m.startswith("torch") == torch_ones}, repeats,
-                                sync_for(xp, torch)))
-        for m in names:
-            peak = peak_bytes(m, steps[m], xp, torch)
-            rows.append({"model": m, "T": T, "B": batch, "hidden": hidden, "device": device, "ms": ms[m],
-                         "peak_mb": None if peak is None else peak / 2 ** 20})
+    for m in names:
+        peak = peak_bytes(m, steps[m], xp, torch)
+        rows.append({"model": m, "T": T, "B": batch, "hidden": hidden, "device": device, "ms": ms[m],
+                     "peak_mb": None if peak is None else peak / 2 ** 20})
     return rows
 
 
@@ -291,13 +321,11 @@ def markdown(rows) -> str:
     models = [m for m in MODELS if any(r["model"] == m for r in rows)]
     at = {(r["model"], r["T"]): r for r in rows}
     lines = ["| T | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    def cell(r):
+        mb = "-" if r["peak_mb"] is None else f"{r['peak_mb']:,.0f} MB"
+        return f"{r['ms']:,.1f} ms / {mb}"
     for T in sorted({r["T"] for r in rows}):
-        cells = []
-        for m in models:
-            r = at.get((m, T))
-            mb = "-" if r is None or r["peak_mb"] is None else f"{r['peak_mb']:,.0f} MB"
-            cells.append("" if r is None else f"{r['ms']:,.1f} ms / {mb}")
-        lines.append(f"| {T} | " + " | ".join(cells) + " |")
+        lines.append(f"| {T} | " + " | ".join(cell(at[m, T]) if (m, T) in at else "" for m in models) + " |")
     sp = speedups(rows)
     if sp:
         lines += ["", "| T | model | over | speed-up | memory ratio |", "|---|---|---|---|---|"]
@@ -322,8 +350,6 @@ def plot(rows, path: str, title: str = "") -> None:
         ax_t.plot([t for t, _, _ in mine], [ms for _, ms, _ in mine], style, marker="o", label=m)
         mem = [(t, mb) for t, _, mb in mine if mb is not None]
         ax_m.plot([t for t, _ in mem], [mb for _, mb in mem], style, marker="o", label=m)
-    for m, figs in PAPER_MS.items():
-        ax_t.plot(list(figs), list(figs.values()), "k*", ms=11, label=f"paper T4: {m}" if m == "mingru" else None)
     sp = speedups(rows)
     for m, seq in PAIRS:
         mine = [(s["T"], s["speedup"]) for s in sp if s["model"] == m and s["over"] == seq]
@@ -331,9 +357,10 @@ def plot(rows, path: str, title: str = "") -> None:
             cross = seq.startswith("torch") and not m.startswith("torch")  # mincore over torch: dotted
             ax_s.plot([t for t, _ in mine], [v for _, v in mine], ":" if cross else "-", marker="o",
                       label=f"{m} over {seq}")
-    for m, figs in PAPER_SPEEDUP.items():
-        ax_s.plot(list(figs), list(figs.values()), "k*", ms=11, label="paper T4 (over GRU / LSTM)" if m == "mingru"
-                  else None)
+    for ax, paper, label in ((ax_t, PAPER_MS, "paper T4: minGRU, minLSTM"),
+                             (ax_s, PAPER_SPEEDUP, "paper T4: over GRU, LSTM")):
+        for i, figs in enumerate(paper.values()):
+            ax.plot(list(figs), list(figs.values()), "k*", ms=11, label=None if i else label)
     ax_m.text(0.02, 0.97, f"paper T4: parallel models use {PAPER_MEMORY_RATIO:.2f}x\nthe memory of GRU / LSTM",
               transform=ax_m.transAxes, va="top", fontsize=8)
     for ax, label in ((ax_t, "training step (ms)"), (ax_s, "speed-up (x)"), (ax_m, "peak memory (MB)")):

@@ -20,6 +20,7 @@ Layers: forward(x (B, T, dim), state=None) -> (y (B, T, H), last state) and step
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import numpy as np
@@ -57,9 +58,16 @@ def _small_gemms(xp):
     The GEMMs over all t, before and after the loop, keep every thread."""
     if xp is not np:
         return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
+    return _blas_controller().limit(limits=1, user_api="blas")
 
-    return threadpool_limits(1, user_api="blas")
+
+@functools.cache
+def _blas_controller():
+    """threadpoolctl's view of the loaded thread pools, found once (a search costs ~0.3-10 ms; NumPy's
+    BLAS is loaded before the first call)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def _input_gates(xp, x, w_ih, bias):

@@ -134,3 +134,22 @@ def test_speedups_pair_each_parallel_model_with_its_sequential_ones():
     text = P.markdown(rows)
     assert "| 64 | 2.0 ms / 10 MB |" in text and "| 64 | mingru | gru | 25.0x | 0.25 |" in text
     assert "20.0 ms / - |" in text  # a memory the profiler could not give
+
+
+def test_threads_limit_blas_numba_and_torch_in_the_block_only():
+    import numba
+    from threadpoolctl import threadpool_info
+
+    def blas():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+    torch = P.import_torch()
+    before = blas(), numba.get_num_threads(), torch and torch.get_num_threads()
+    with P.cpu_threads(1, torch):
+        assert blas() == {1} and numba.get_num_threads() == 1
+        assert torch is None or torch.get_num_threads() == 1
+    assert (blas(), numba.get_num_threads(), torch and torch.get_num_threads()) == before
+
+
+def test_threads_option_is_named_in_the_output():
+    r = run("--lengths", "4", "--batch", "1", "--hidden", "2", "--repeats", "1", "--threads", "1", "--model", "gru")
+    assert r.exit_code == 0 and "1 thread)" in r.output, r.output
