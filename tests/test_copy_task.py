@@ -106,3 +106,22 @@ def test_paper_preset_smoke(tmp_path):
     s = C.train(cfg, tmp_path, progress=False)
     assert s["steps"] == 2 and s["config"]["seq_len"] == 4096
     assert 0.0 <= s["accuracy"] <= 1.0 and np.isfinite(s["loss"])
+
+
+def test_lru_model_trains_with_its_own_parameter_group(tmp_path):
+    """--model lru: nu_log, theta_log, gamma_log and B of every LRU in a group of their own at
+    lr * lru_lr_factor without weight decay (Orvieto et al. 2023); a few steps run and stay finite."""
+    from mincore.layers import LRU
+    from mincore.tasks import loop
+
+    cfg = C.config("default", model="lru", seq_len=8, n_data=2, d_model=8, n_layers=2, batch_size=2,
+                   eval_size=4, eval_batch=2, steps=3, eval_every=3, warmup=1)
+    task = C.CopyTask(cfg)
+    lrus = [m for m in task.model.modules() if isinstance(m, LRU)]
+    assert len(lrus) == cfg.n_layers
+    slow = [g for g in task.param_groups() if g.get("lr") == cfg.lr * cfg.lru_lr_factor]
+    assert len(slow) == 1 and slow[0]["weight_decay"] == 0.0
+    assert {id(p) for p in slow[0]["params"]} == {id(getattr(m, n)) for m in lrus
+                                                   for n in ("nu_log", "theta_log", "gamma_log", "B")}
+    s = loop.train(task, cfg, tmp_path, task_name="copy", progress=False)
+    assert s["steps"] == 3 and np.isfinite(s["loss"])
