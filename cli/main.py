@@ -20,6 +20,7 @@ COMMANDS = {
     "bench": "mincore.cli.bench:bench",
     "eval": "mincore.cli.train:evaluate",
     "generate": "mincore.cli.generate:generate",
+    "listops": "mincore.cli.listops:listops",
     "rl": "mincore.cli.rl:rl",
     "train": "mincore.cli.train:train",
 }

@@ -3,6 +3,7 @@
     copy         selective copying (tasks/copy.py)
     shakespeare  character-level language model (tasks/shakespeare.py)
     rl           Decision-minRNN on D4RL-layout data (tasks/rl/)
+    listops      ListOps from the Long Range Arena, the LRU paper's experiment (tasks/listops.py)
 
 The task-module contract. A task module, registered in TASKS by name, exposes
     PRESETS    {name: Config}; "default" (a 2-core CPU, minutes) and "paper" (the published setting)
@@ -44,7 +45,7 @@ __all__ = ["TASKS", "Option", "get_task", "evaluate_checkpoint", "cache_dir", "s
            "check_saved_engine", "check_saved_data", "data_field"]
 
 TASKS = {"copy": "mincore.tasks.copy", "shakespeare": "mincore.tasks.shakespeare",
-         "rl": "mincore.tasks.rl"}
+         "rl": "mincore.tasks.rl", "listops": "mincore.tasks.listops"}
 
 
 @dataclass(frozen=True)
