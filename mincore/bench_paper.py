@@ -342,7 +342,7 @@ def plot(rows, path: str, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_t, ax_s, ax_m) = plt.subplots(1, 3, figsize=(16, 4.8))
+    fig, (ax_t, ax_s, ax_m) = plt.subplots(1, 3, figsize=(16, 6))
     models = [m for m in MODELS if any(r["model"] == m for r in rows)]
     for m in models:
         mine = sorted((r["T"], r["ms"], r["peak_mb"]) for r in rows if r["model"] == m)
@@ -369,7 +369,7 @@ def plot(rows, path: str, title: str = "") -> None:
         ax.set_xlabel("sequence length T")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below: no point hidden
     if title:
         fig.suptitle(title)
     fig.tight_layout()
