@@ -70,7 +70,7 @@ def _blas_controller():
     return ThreadpoolController()
 
 
-def _input_gates(xp, x, w_ih, bias):
+def _input_gates(x, w_ih, bias):
     """x (B, T, dim) @ w_ih + bias for all t at once: (B, T, nH), one GEMM."""
     gates = ops.mm(x.reshape(-1, x.shape[-1]), w_ih).reshape(*x.shape[:-1], w_ih.shape[1])
     if bias is not None:
@@ -132,7 +132,7 @@ def gru_op(x, w_ih, w_hh, b_ih, b_hh, h0):
     xp = get_array_module(x)
     B, T, H = x.shape[0], x.shape[1], w_hh.shape[0]
     h_init = _state(xp, h0, x, H)
-    gates = _input_gates(xp, x, w_ih, _gru_bias(b_ih, b_hh, H))
+    gates = _input_gates(x, w_ih, _gru_bias(b_ih, b_hh, H))
     b_hn = None if b_hh is None else b_hh[2 * H:]
     hn, h = xp.empty((B, T, H), x.dtype), xp.empty((B, T, H), x.dtype)
     with _small_gemms(xp):
@@ -192,7 +192,7 @@ def _lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, *, last):
     xp = get_array_module(x)
     B, T, H = x.shape[0], x.shape[1], w_hh.shape[0]
     h_init, c_init = _state(xp, h0, x, H), _state(xp, c0, x, H)
-    gates = _input_gates(xp, x, w_ih, None if b_ih is None else b_ih + b_hh)
+    gates = _input_gates(x, w_ih, None if b_ih is None else b_ih + b_hh)
     c, h = xp.empty((B, T, H), x.dtype), xp.empty((B, T, H), x.dtype)
     with _small_gemms(xp):
         for t in range(T):
@@ -281,7 +281,7 @@ class GRU(_Sequential):
         x_t = as_tensor(x_t)
         xp, H = x_t.xp, self.hidden
         w_ih, w_hh, b_ih, b_hh = (None if p is None else p.data for p in self._weights())
-        g = _input_gates(xp, x_t.data, w_ih, _gru_bias(b_ih, b_hh, H))
+        g = _input_gates(x_t.data, w_ih, _gru_bias(b_ih, b_hh, H))
         h_prev = xp.zeros((x_t.shape[0], H), x_t.dtype) if state is None else as_tensor(state).data
         hn, h = xp.empty_like(h_prev), xp.empty_like(h_prev)
         _gru_cell(xp, g, h_prev, w_hh, None if b_hh is None else b_hh[2 * H:], hn, h)
@@ -307,7 +307,7 @@ class LSTM(_Sequential):
         x_t = as_tensor(x_t)
         xp, H = x_t.xp, self.hidden
         w_ih, w_hh, b_ih, b_hh = (None if p is None else p.data for p in self._weights())
-        a = _input_gates(xp, x_t.data, w_ih, None if b_ih is None else b_ih + b_hh)
+        a = _input_gates(x_t.data, w_ih, None if b_ih is None else b_ih + b_hh)
         zeros = xp.zeros((x_t.shape[0], H), x_t.dtype)
         h_prev, c_prev = (zeros, zeros) if state is None else (as_tensor(s).data for s in state)
         c, h = xp.empty_like(zeros), xp.empty_like(zeros)
