@@ -26,13 +26,16 @@ def _shape(text: str):
     return B, T, D
 
 
-def _host_bytes(shape, dtype: str) -> int:
-    """A lower bound of the host memory one shape takes: its inputs k, v and dh are drawn in float64
-    and kept as `dtype` (on the GPU too, before the copy to the device)."""
+def _host_bytes(shape, dtype: str, cells) -> int:
+    """A lower bound of the host memory one shape takes: one input drawn in float64 at a time, and
+    the cell's arrays alive at once kept as `dtype` (mincore.bench.ARRAYS; on the GPU, minGRU's
+    inputs k, v and dh before the copy to the device)."""
     import numpy as np
 
+    from mincore.bench import ARRAYS
+
     B, T, D = shape
-    return B * T * D * (8 + 3 * np.dtype(dtype).itemsize)
+    return B * T * D * (8 + max(ARRAYS[c] for c in cells) * np.dtype(dtype).itemsize)
 
 
 def _plan(ctx, param, text):
@@ -87,19 +90,32 @@ def _engines(names, gpu: bool, dtype: str) -> list[str]:
 @click.option("--repeats", type=click.IntRange(1), default=None,
               help="Timed runs (median).  [default: 5 on the CPU, 20 on the GPU]")
 @click.option("--gpu/--cpu", default=False, help="Benchmark CuPy arrays on the GPU engines.")
-@click.option("--log-space", is_flag=True, help="Time min_gru with h~ = g(v) (the paper's log-space model).")
+@click.option("--cell", "cells", multiple=True, type=click.Choice(["mingru", "minlstm", "lru", "scan", "all"]),
+              help="Recurrence to time (repeatable): min_gru, min_lstm, lru_scan (complex: float32 means "
+                   "complex64) or the plain scan, each forward and backward.  [default: mingru; the GPU "
+                   "bench times mingru only]")
+@click.option("--log-space", is_flag=True,
+              help="Time minGRU / minLSTM with h~ = g(v) (the paper's log-space models).")
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch baselines even when torch is installed.")
 @click.option("--plan", callback=_plan, help=PLAN_HELP)
-@click.option("--quick", is_flag=True, help="One small shape, 3 repeats: a smoke run.")
+@click.option("--quick", is_flag=True,
+              help="One shape, (16,4096,256) on the CPU (larger than the caches), 3 repeats: a smoke run.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), callback=not_empty,
               help="Also write the rows as JSON.")
-def kernels(engines, shapes, dtype, repeats, gpu, log_space, no_torch, plan, quick, json_path):
-    """Time min_gru forward / backward per engine; report GB/s of minimal traffic vs copy.
+def kernels(engines, shapes, dtype, repeats, gpu, cells, log_space, no_torch, plan, quick, json_path):
+    """Time the recurrences forward / backward per engine; report GB/s of minimal traffic vs copy.
+
+    On the CPU each row is a median with its min and max, beside a yardstick measured in the same
+    run, interleaved with the kernels: calls with preallocated outputs ("(out=)") against the fastest
+    copy into a preallocated array, public calls that allocate against an allocating copy
+    (x.copy()). Warnings name what makes a run's ratios doubtful (busy machine, wide spread, arrays
+    in cache).
 
     \b
     Examples:
       mincore bench kernels
       mincore bench kernels --engine numba --shape 64,4096,256 --repeats 9
+      mincore bench kernels --engine numba --cell all --shape 64,4096,256 --no-torch
       mincore bench kernels --gpu --log-space
       mincore bench kernels --gpu --engine cupy --shape 8,65536,256 --plan dpb=16,nseg=16,C=1
     """
@@ -112,12 +128,19 @@ def kernels(engines, shapes, dtype, repeats, gpu, log_space, no_torch, plan, qui
         raise click.BadParameter("a launch plan applies to the GPU engines: add --gpu", param_hint="--plan")
     if dtype == "float16" and not gpu:
         raise click.BadParameter("float16 storage is a GPU feature: add --gpu", param_hint="--dtype")
+    cells = list(B.CELLS) if "all" in cells else list(dict.fromkeys(cells)) or ["mingru"]
+    if gpu and cells != ["mingru"]:
+        raise click.BadParameter(f"the GPU bench times mingru only, got {', '.join(cells)}", param_hint="--cell")
+    if log_space and not {"mingru", "minlstm"} & set(cells):
+        raise click.BadParameter("--log-space applies to mingru and minlstm: add --cell mingru or --cell minlstm",
+                                 param_hint="--log-space")
     where = "gpu" if gpu else "cpu"
     engines = _engines(engines, gpu, dtype)
-    shapes = [_shape(s) for s in shapes] or ([B.QUICK_SHAPE] if quick else list(B.SHAPES[where]))
+    quick_shape = B.SHAPES_GPU[0] if gpu else B.QUICK_SHAPE
+    shapes = [_shape(s) for s in shapes] or ([quick_shape] if quick else list(B.SHAPES[where]))
     for shape in shapes:
-        check_fits(_host_bytes(shape, dtype), "--shape", f"shape {','.join(map(str, shape))} ({dtype})")
-    repeats = 3 if quick else repeats or B.REPEATS[where]
+        check_fits(_host_bytes(shape, dtype, cells), "--shape", f"shape {','.join(map(str, shape))} ({dtype})")
+    repeats = repeats or (B.QUICK_REPEATS if quick else B.REPEATS[where])
     if gpu:  # CUDA-event timings, device copy bandwidth in the same run (mincore.bench_gpu)
         from mincore import bench_gpu
         from mincore.kernels.gpu_common import plan_override
@@ -128,11 +151,18 @@ def kernels(engines, shapes, dtype, repeats, gpu, log_space, no_torch, plan, qui
         click.echo(bench_gpu.markdown(rows))
     else:
         rows = []
-        for shape in shapes:
-            click.echo(f"timing {shape} {dtype} ...", err=True)
-            rows += B.bench_min_gru(shape, engines, dtype=dtype, repeats=repeats, log_space=log_space,
-                                    torch=not no_torch)
-        click.echo(B.format_rows(rows))
+        for cell in cells:
+            cell_rows, notes = [], []
+            for shape in shapes:
+                click.echo(f"timing {cell} {shape} {dtype} ...", err=True)
+                got = B.bench_cell(cell, shape, engines, dtype=dtype, repeats=repeats,
+                                   log_space=log_space and cell in ("mingru", "minlstm"), torch=not no_torch)
+                cell_rows += got[0]
+                notes += got[1]
+            click.echo(f"{cell}, median of {repeats} (min-max):")
+            click.echo(B.format_rows(cell_rows))
+            click.echo("\n".join(notes) + "\n")
+            rows += cell_rows
     if json_path:
         with open(json_path, "w") as f:
             json.dump(rows, f, indent=1)

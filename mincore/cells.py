@@ -25,25 +25,31 @@ def _setup(engine, h0, dtypes=checks.SEQ_REAL, **seqs):
     return xp, impl, checks.state("h0", h0, shape, dtype, xp), *seqs.values()
 
 
-def scan(a, b, h0=None, *, reverse=False, engine=None):
-    """h_t = a_t * h_{t-1} + b_t with h_{-1} = h0; reverse=True runs t = T-1 .. 0 with h_T = h0."""
-    _, impl, h0, a, b = _setup(engine, h0, a=a, b=b)
-    return impl.scan(a, b, h0, checks.flag("reverse", reverse))
+def scan(a, b, h0=None, *, reverse=False, engine=None, out=None):
+    """h_t = a_t * h_{t-1} + b_t with h_{-1} = h0; reverse=True runs t = T-1 .. 0 with h_T = h0.
+    out: an optional preallocated h, as `min_gru`'s."""
+    xp, impl, h0, a, b = _setup(engine, h0, a=a, b=b)
+    outs = checks.outputs("out", out, {"h": _like(a)}, {"a": a, "b": b, "h0": h0}, xp)
+    return _call(xp, impl, "scan", outs, a, b, h0, checks.flag("reverse", reverse))
 
 
-def scan_backward(a, h, dh, h0=None, *, reverse=False, engine=None):
+def scan_backward(a, h, dh, h0=None, *, reverse=False, engine=None, out=None):
     """Adjoint of `scan` given its output h and dL/dh: returns (da, db, dh0).
 
     G_t = dh_t + a_{t+1} G_{t+1}; db = G; da_t = G_t h_{t-1}; dh0 = a_0 G_0 (forward direction).
     reverse=True is the adjoint of scan(..., reverse=True) (the same computation on flipped time).
+    out: optional preallocated (da, db, dh0), as `min_gru`'s.
     """
     xp, impl, h0, a, h, dh = _setup(engine, h0, a=a, h=h, dh=dh)
+    like = {"da": _like(a), "db": _like(a), "dh0": _like(h0)}
+    outs = checks.outputs("out", out, like, {"a": a, "h": h, "dh": dh, "h0": h0}, xp)
     if checks.flag("reverse", reverse):
         def flip(x):
             return xp.ascontiguousarray(x[:, ::-1])
         da, db, dh0 = impl.scan_backward(flip(a), flip(h), flip(dh), h0)
-        return flip(da), flip(db), dh0
-    return impl.scan_backward(a, h, dh, h0)
+        got = flip(da), flip(db), dh0
+        return got if outs is None else _copy_into(xp, outs, got)
+    return _call(xp, impl, "scan_backward", outs, a, h, dh, h0)
 
 
 def min_gru(k, v, h0=None, *, log_space=False, engine=None, out=None):
@@ -56,34 +62,42 @@ def min_gru(k, v, h0=None, *, log_space=False, engine=None, out=None):
     copy into it. A loop that reuses its buffers skips the allocation, whose first touch of fresh
     pages can cost more than the kernel (docs/BENCHMARKS.md)."""
     xp, impl, h0, k, v = _setup(engine, h0, k=k, v=v)
-    outs = checks.outputs("out", out, {"h": (k.shape, k.dtype)}, {"k": k, "v": v, "h0": h0}, xp)
-    log_space = checks.flag("log_space", log_space)
-    if outs is None:
-        return impl.min_gru(k, v, h0, log_space)
-    return _into(xp, impl, outs, lambda **o: impl.min_gru(k, v, h0, log_space, **o))[0]
+    outs = checks.outputs("out", out, {"h": _like(k)}, {"k": k, "v": v, "h0": h0}, xp)
+    return _call(xp, impl, "min_gru", outs, k, v, h0, checks.flag("log_space", log_space))
 
 
 def min_gru_backward(k, v, h, dh, h0=None, *, log_space=False, engine=None, out=None):
     """(dk, dv, dh0) of `min_gru` given its output h and dL/dh. out: optional preallocated
     (dk, dv, dh0), as `min_gru`'s out."""
     xp, impl, h0, k, v, h, dh = _setup(engine, h0, k=k, v=v, h=h, dh=dh)
-    like = {"dk": (k.shape, k.dtype), "dv": (k.shape, k.dtype), "dh0": (h0.shape, k.dtype)}
+    like = {"dk": _like(k), "dv": _like(k), "dh0": _like(h0)}
     outs = checks.outputs("out", out, like, {"k": k, "v": v, "h": h, "dh": dh, "h0": h0}, xp)
-    log_space = checks.flag("log_space", log_space)
+    return _call(xp, impl, "min_gru_backward", outs, k, v, h, dh, h0, checks.flag("log_space", log_space))
+
+
+def _like(x):
+    """(shape, dtype) of an output shaped like x, for checks.outputs."""
+    return tuple(x.shape), x.dtype
+
+
+def _call(xp, impl, name, outs, *args):
+    """impl.<name>(*args), its results written into `outs` when given (a tuple from checks.outputs)
+    and returned as the result was (one array, or a tuple): directly where the engine lists `name` in
+    its OUT (preallocated results), else computed and copied, so every engine accepts out=."""
+    fn = getattr(impl, name)
     if outs is None:
-        return impl.min_gru_backward(k, v, h, dh, h0, log_space)
-    return _into(xp, impl, outs, lambda **o: impl.min_gru_backward(k, v, h, dh, h0, log_space, **o))
+        return fn(*args)
+    if name in getattr(impl, "OUT", ()):
+        fn(*args, out=outs[0] if len(outs) == 1 else outs)
+        return outs[0] if len(outs) == 1 else outs
+    got = fn(*args)
+    return _copy_into(xp, outs, (got,) if len(outs) == 1 else got)
 
 
-def _into(xp, impl, outs, call):
-    """Run `call` writing into outs: directly where the engine takes out= (OUT = True), else copied."""
-    if getattr(impl, "OUT", False):
-        call(out=outs[0] if len(outs) == 1 else outs)
-        return outs
-    got = call()
-    for o, g in zip(outs, (got,) if len(outs) == 1 else got, strict=True):
+def _copy_into(xp, outs, got):
+    for o, g in zip(outs, got, strict=True):
         xp.copyto(o, g)
-    return outs
+    return outs[0] if len(outs) == 1 else outs
 
 
 def min_gru_step(k_t, v_t, h_prev, *, log_space=False):
@@ -94,20 +108,26 @@ def min_gru_step(k_t, v_t, h_prev, *, log_space=False):
     return a * h_prev + b
 
 
-def min_lstm(kf, ki, v, h0=None, *, normalize=True, log_space=False, engine=None):
+def min_lstm(kf, ki, v, h0=None, *, normalize=True, log_space=False, engine=None, out=None):
     """minLSTM: f = sigmoid(kf), i = sigmoid(ki); normalize: f' = f/(f+i), i' = i/(f+i);
     h_t = f'_t h_{t-1} + i'_t h~_t (without normalize: f and i as they are); h~ = v (log_space: g(v));
-    h0 is h_{-1} itself (not g(h0), also with log_space)."""
-    _, impl, h0, kf, ki, v = _setup(engine, h0, kf=kf, ki=ki, v=v)
-    return impl.min_lstm(kf, ki, v, h0, checks.flag("normalize", normalize),
-                         checks.flag("log_space", log_space))
+    h0 is h_{-1} itself (not g(h0), also with log_space). out: an optional preallocated h, as
+    `min_gru`'s."""
+    xp, impl, h0, kf, ki, v = _setup(engine, h0, kf=kf, ki=ki, v=v)
+    outs = checks.outputs("out", out, {"h": _like(v)}, {"kf": kf, "ki": ki, "v": v, "h0": h0}, xp)
+    return _call(xp, impl, "min_lstm", outs, kf, ki, v, h0, checks.flag("normalize", normalize),
+                 checks.flag("log_space", log_space))
 
 
-def min_lstm_backward(kf, ki, v, h, dh, h0=None, *, normalize=True, log_space=False, engine=None):
-    """(dkf, dki, dv, dh0) of `min_lstm` given its output h and dL/dh."""
-    _, impl, h0, kf, ki, v, h, dh = _setup(engine, h0, kf=kf, ki=ki, v=v, h=h, dh=dh)
-    return impl.min_lstm_backward(kf, ki, v, h, dh, h0, checks.flag("normalize", normalize),
-                                  checks.flag("log_space", log_space))
+def min_lstm_backward(kf, ki, v, h, dh, h0=None, *, normalize=True, log_space=False, engine=None, out=None):
+    """(dkf, dki, dv, dh0) of `min_lstm` given its output h and dL/dh. out: optional preallocated
+    (dkf, dki, dv, dh0), as `min_gru`'s."""
+    xp, impl, h0, kf, ki, v, h, dh = _setup(engine, h0, kf=kf, ki=ki, v=v, h=h, dh=dh)
+    like = {"dkf": _like(v), "dki": _like(v), "dv": _like(v), "dh0": _like(h0)}
+    ins = {"kf": kf, "ki": ki, "v": v, "h": h, "dh": dh, "h0": h0}
+    outs = checks.outputs("out", out, like, ins, xp)
+    return _call(xp, impl, "min_lstm_backward", outs, kf, ki, v, h, dh, h0, checks.flag("normalize", normalize),
+                 checks.flag("log_space", log_space))
 
 
 def min_lstm_step(kf_t, ki_t, v_t, h_prev, *, normalize=True, log_space=False):
@@ -120,7 +140,7 @@ def min_lstm_step(kf_t, ki_t, v_t, h_prev, *, normalize=True, log_space=False):
 
 
 def _lru_setup(engine, lam, h0, **seqs):
-    """(engine module, lam, h0, *seqs), as `_setup`."""
+    """(xp, engine module, lam, h0, *seqs), as `_setup`."""
     seqs, lam = checks.inputs(3, **seqs), checks.as_input("lam", lam, 1)
     xp = checks.same_module(lam=lam, h0=h0, **seqs)
     shape, dtype = checks.sequences(tuple(checks.COMPLEX), **seqs)
@@ -129,18 +149,23 @@ def _lru_setup(engine, lam, h0, **seqs):
                          f"got shape {tuple(lam.shape)} dtype {lam.dtype}")
     name, impl = get_engine(engine, xp)
     checks.engine_dtype(name, impl, dtype, next(iter(seqs)))
-    return impl, lam, checks.state("h0", h0, shape, dtype, xp), *seqs.values()
+    return xp, impl, lam, checks.state("h0", h0, shape, dtype, xp), *seqs.values()
 
 
-def lru_scan(lam, bu, h0=None, *, engine=None):
+def lru_scan(lam, bu, h0=None, *, engine=None, out=None):
     """LRU recurrence (Orvieto et al. 2023, eq. 1): h_t = lam * h_{t-1} + bu_t, complex, lam (D,)
-    per channel (diagonal Lambda), bu (B, T, D) = gamma * (B u_t) computed by the caller."""
-    impl, lam, h0, bu = _lru_setup(engine, lam, h0, bu=bu)
-    return impl.lru_scan(lam, bu, h0)
+    per channel (diagonal Lambda), bu (B, T, D) = gamma * (B u_t) computed by the caller.
+    out: an optional preallocated h, as `min_gru`'s."""
+    xp, impl, lam, h0, bu = _lru_setup(engine, lam, h0, bu=bu)
+    outs = checks.outputs("out", out, {"h": _like(bu)}, {"lam": lam, "bu": bu, "h0": h0}, xp)
+    return _call(xp, impl, "lru_scan", outs, lam, bu, h0)
 
 
-def lru_scan_backward(lam, h, dh, h0=None, *, engine=None):
+def lru_scan_backward(lam, h, dh, h0=None, *, engine=None, out=None):
     """(dlam, dbu, dh0) of `lru_scan` with complex gradients as dL/dRe + i dL/dIm (PyTorch's
-    convention): dbu_t = G_t = dh_t + conj(lam) G_{t+1}, dlam = sum_{b,t} G_t conj(h_{t-1})."""
-    impl, lam, h0, h, dh = _lru_setup(engine, lam, h0, h=h, dh=dh)
-    return impl.lru_scan_backward(lam, h, dh, h0)
+    convention): dbu_t = G_t = dh_t + conj(lam) G_{t+1}, dlam = sum_{b,t} G_t conj(h_{t-1}).
+    out: optional preallocated (dlam, dbu, dh0), as `min_gru`'s."""
+    xp, impl, lam, h0, h, dh = _lru_setup(engine, lam, h0, h=h, dh=dh)
+    like = {"dlam": _like(lam), "dbu": _like(h), "dh0": _like(h0)}
+    outs = checks.outputs("out", out, like, {"lam": lam, "h": h, "dh": dh, "h0": h0}, xp)
+    return _call(xp, impl, "lru_scan_backward", outs, lam, h, dh, h0)

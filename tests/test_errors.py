@@ -91,6 +91,29 @@ def _cases():
     yield "lam dtype", lambda: mincore.lru_scan(lam.astype(np.complex64), bu), ValueError, ["lam:"]
     yield "lru h0", lambda: mincore.lru_scan(lam, bu, cseq(shape=(B, D + 1))), ValueError, ["h0:"]
     yield "lru dh", lambda: mincore.lru_scan_backward(lam, bu, cseq("complex64")), TypeError, ["dh:"]
+    yield from _out_cases(a, b, h, lam, bu)
+
+
+def _out_cases(a, b, h, lam, bu):
+    """out= of every cell other than min_gru (whose cases are above): validated as min_gru's."""
+    e3, e2 = seq(), seq(shape=(B, D))
+    yield "scan out aliases a", lambda: mincore.scan(a, b, out=a), ValueError, ["out:", "input a"]
+    yield "scan out dtype", lambda: mincore.scan(a, b, out=seq("float32")), ValueError, ["out:", "float32"]
+    yield "scan bwd out count", lambda: mincore.scan_backward(a, h, b, out=(e3, e3.copy())), TypeError, \
+        ["out:", "3 arrays"]
+    yield "scan bwd reverse out shape", lambda: mincore.scan_backward(
+        a, h, b, reverse=True, out=(e3, seq(shape=(B, T + 1, D)), e2)), ValueError, ["out (db):", "(2, 6, 3)"]
+    yield "lstm out aliases v", lambda: mincore.min_lstm(a, a, b, out=b), ValueError, ["out:", "input v"]
+    yield "lstm out list", lambda: mincore.min_lstm(a, a, b, out=[e3]), TypeError, ["out:", "list"]
+    yield "lstm bwd out same", lambda: mincore.min_lstm_backward(a, a, b, h, h, out=(e3, e3, seq(), e2)), \
+        ValueError, ["out:", "dkf", "dki", "distinct"]
+    yield "lstm bwd out dh0", lambda: mincore.min_lstm_backward(a, a, b, h, h, out=(e3, seq(), seq(), e3)), \
+        ValueError, ["out (dh0):", "2 dimensions"]
+    yield "lru out real", lambda: mincore.lru_scan(lam, bu, out=seq()), ValueError, ["out:", "complex128"]
+    yield "lru bwd out dlam", lambda: mincore.lru_scan_backward(lam, bu, cseq(), out=(cseq(), cseq(), e2)), \
+        ValueError, ["out (dlam):", "1 dimensions"]
+    yield "lru bwd out aliases lam", lambda: mincore.lru_scan_backward(
+        lam, bu, cseq(), out=(lam, cseq(), cseq(shape=(B, D)))), ValueError, ["out (dlam):", "input lam"]
 
 
 CASES = list(_cases())

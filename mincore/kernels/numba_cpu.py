@@ -44,7 +44,9 @@ from .numba_scan import U, block, job_range, lru_scan, lru_scan_backward, n_jobs
 from .numba_threads import serialized
 
 DTYPES = ("float32", "float64")
-OUT = True  # min_gru / min_gru_backward write into preallocated outputs (mincore.cells: out=)
+# the functions that write into preallocated outputs (mincore.cells: out=) instead of allocating
+OUT = frozenset({"scan", "scan_backward", "min_gru", "min_gru_backward", "min_lstm", "min_lstm_backward",
+                 "lru_scan", "lru_scan_backward"})
 
 
 # ------------------------------------------------------------------------------------- minGRU
@@ -113,7 +115,7 @@ def _gru_kernels(log_space: bool):
 
 @serialized
 def min_gru(k, v, h0, log_space, out=None):
-    """`out`: a preallocated h (engine-level only; lets benchmarks and loops skip the allocation)."""
+    """`out`: a preallocated h (lets benchmarks and loops skip the allocation)."""
     B, _, D = k.shape
     h, blk = np.empty_like(k) if out is None else out, block(B, D)
     _gru_kernels(log_space)[0](k, v, h0, h, blk, n_jobs(B, D, blk))
@@ -122,7 +124,7 @@ def min_gru(k, v, h0, log_space, out=None):
 
 @serialized
 def min_gru_backward(k, v, h, dh, h0, log_space, out=None):
-    """`out`: preallocated (dk, dv, dh0) (engine-level only)."""
+    """`out`: preallocated (dk, dv, dh0)."""
     B, _, D = k.shape
     dk, dv, dh0 = (np.empty_like(k), np.empty_like(v), np.empty_like(h0)) if out is None else out
     blk = block(B, D)
@@ -210,17 +212,19 @@ def _lstm_kernels(normalize: bool, log_space: bool):
 
 
 @serialized
-def min_lstm(kf, ki, v, h0, normalize, log_space):
+def min_lstm(kf, ki, v, h0, normalize, log_space, out=None):
     B, _, D = v.shape
-    h, blk = np.empty_like(v), block(B, D)
+    h, blk = np.empty_like(v) if out is None else out, block(B, D)
     _lstm_kernels(normalize, log_space)[0](kf, ki, v, h0, h, v.dtype.type(1), blk, n_jobs(B, D, blk))
     return h
 
 
 @serialized
-def min_lstm_backward(kf, ki, v, h, dh, h0, normalize, log_space):
+def min_lstm_backward(kf, ki, v, h, dh, h0, normalize, log_space, out=None):
     B, _, D = v.shape
-    dkf, dki, dv, dh0 = np.empty_like(kf), np.empty_like(ki), np.empty_like(v), np.empty_like(h0)
+    if out is None:
+        out = np.empty_like(kf), np.empty_like(ki), np.empty_like(v), np.empty_like(h0)
+    dkf, dki, dv, dh0 = out
     blk = block(B, D)
     _lstm_kernels(normalize, log_space)[1](kf, ki, v, h, dh, h0, dkf, dki, dv, dh0, v.dtype.type(1), blk,
                                            n_jobs(B, D, blk))

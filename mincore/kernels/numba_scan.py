@@ -108,17 +108,18 @@ def _scan_bwd(a, h, dh, h0, da, db, dh0, blk, jobs):
 
 
 @serialized
-def scan(a, b, h0, reverse=False):
+def scan(a, b, h0, reverse=False, out=None):
     B, _, D = b.shape
-    h, blk = np.empty_like(b), block(B, D)
+    h, blk = np.empty_like(b) if out is None else out, block(B, D)
     _scan(a, b, h0, h, reverse, blk, n_jobs(B, D, blk))
     return h
 
 
 @serialized
-def scan_backward(a, h, dh, h0):
+def scan_backward(a, h, dh, h0, out=None):
     B, _, D = h.shape
-    da, db, dh0, blk = np.empty_like(h), np.empty_like(h), np.empty_like(h0), block(B, D)
+    da, db, dh0 = (np.empty_like(h), np.empty_like(h), np.empty_like(h0)) if out is None else out
+    blk = block(B, D)
     _scan_bwd(a, h, dh, h0, da, db, dh0, blk, n_jobs(B, D, blk))
     return da, db, dh0
 
@@ -182,16 +183,18 @@ def _lru_bwd(lam, h, dh, h0, dbu, dh0, dlam_part, blk, jobs):
 
 
 @serialized
-def lru_scan(lam, bu, h0):
+def lru_scan(lam, bu, h0, out=None):
     B, _, D = bu.shape
-    h, blk = np.empty_like(bu), block(B, D)
+    h, blk = np.empty_like(bu) if out is None else out, block(B, D)
     _lru_fwd(lam, bu, h0, h, blk, n_jobs(B, D, blk))
     return h
 
 
 @serialized
-def lru_scan_backward(lam, h, dh, h0):
+def lru_scan_backward(lam, h, dh, h0, out=None):
     B, _, D = h.shape
-    dbu, dh0, part, blk = np.empty_like(h), np.empty_like(h0), np.zeros((B, D), dtype=h.dtype), block(B, D)
+    dlam, dbu, dh0 = (np.empty_like(lam), np.empty_like(h), np.empty_like(h0)) if out is None else out
+    part, blk = np.zeros((B, D), dtype=h.dtype), block(B, D)
     _lru_bwd(lam, h, dh, h0, dbu, dh0, part, blk, n_jobs(B, D, blk))
-    return part.sum(axis=0), dbu, dh0
+    part.sum(axis=0, out=dlam)
+    return dlam, dbu, dh0
