@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import SEED, FiniteFloat, engine_option
+from .options import SEED, FiniteFloat, engine_option, warn_threads
 
 
 @click.command()
@@ -17,31 +17,58 @@ from .options import SEED, FiniteFloat, engine_option
               help="Softmax temperature (0: always the most likely character).")
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="Sample among the K most likely only.")
 @click.option("--seed", type=SEED, default=None, help="Seed of the sampler (same seed, same text).")
+@click.option("--samples", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Independent samples from the same prompt, generated together as one batch.")
+@click.option("--step", "step_mode", type=click.Choice(["fused", "ops"]), default="fused", show_default=True,
+              help="fused: every block's step in one compiled call per token; ops: the model's step, one "
+                   "array operation at a time (slower; the same distribution).")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CPU threads for BLAS and the numba kernels, at most the CPUs this process may use. One "
+                   "sample runs on one thread; more help several --samples and long prompts.")
 @engine_option("Kernel engine for the prompt pass (default: numba on CPU).")
-def generate(path, prompt, tokens, temperature, top_k, seed, engine):
+def generate(path, prompt, tokens, temperature, top_k, seed, samples, step_mode, threads, engine):
     """Generate text: the prompt is read in one parallel pass, then each character is sampled with
     the model's recurrent step (constant memory per token: the RNN state and the conv's last 3
-    inputs). Text is printed as it is produced; the speed goes to stderr at the end.
+    inputs). One sample is printed as it is produced, several at the end; the speed goes to stderr.
 
     \b
     Examples:
       mincore generate --checkpoint runs/shakespeare-mingru/checkpoint.h5
       mincore generate --checkpoint runs/shakespeare-mingru/checkpoint.h5 --prompt "ROMEO:" \\
           --tokens 1000 --temperature 0.8 --top-k 20 --seed 1
+      mincore generate --checkpoint runs/shakespeare-mingru/checkpoint.h5 --samples 8 --threads 2
     """
     import time
 
-    from mincore.tasks.shakespeare import generate as sample
+    from mincore.generation import generate_tokens
+    from mincore.inference import fused_stepper
     from mincore.tasks.shakespeare import load_model
 
+    from .train import cpu_threads
+
+    warn_threads(threads)
     model, vocab, _ = load_model(path, engine)
-    click.echo(prompt, nl=False)
-    t0 = time.perf_counter()
-    n = 0
-    for ch in sample(model, vocab, prompt, tokens, temperature=temperature, top_k=top_k, seed=seed):
-        click.echo(ch, nl=False)
-        n += 1
-    dt = time.perf_counter() - t0
+    ids = vocab.encode(prompt)
+    stepper, why = fused_stepper(model) if step_mode == "fused" else (None, None)
+    if why:
+        click.echo(f"Warning: the fused step cannot run this model ({why}); using the model's step", err=True)
+    with cpu_threads(threads):
+        t0 = time.perf_counter()
+        rows = [[] for _ in range(samples)]
+        if samples == 1:
+            click.echo(prompt, nl=False)
+        for tok in generate_tokens(model, ids, tokens, batch=samples, temperature=temperature, top_k=top_k,
+                                   seed=seed, stepper=stepper):
+            for row, t in zip(rows, tok, strict=True):
+                row.append(vocab.chars[t])
+            if samples == 1:
+                click.echo(rows[0][-1], nl=False)
+        dt = time.perf_counter() - t0
+    if samples > 1:
+        click.echo("\n\n".join(f"--- sample {i + 1} of {samples} ---\n{prompt}{''.join(row)}"
+                                for i, row in enumerate(rows)), nl=False)
     click.echo("")
-    click.echo(f"[{n} characters in {dt:.2f} s (prompt pass of {len(prompt)} included): "
-               f"{n / dt if dt > 0 else 0:.0f} tokens/s]", err=True)
+    n = tokens * samples
+    what = "fused step" if stepper is not None else "per-operation step"
+    click.echo(f"[{n} characters{f' ({samples} samples)' if samples > 1 else ''} in {dt:.2f} s (prompt pass of "
+               f"{len(prompt)} included, {what}): {n / dt if dt > 0 else 0:.0f} tokens/s]", err=True)

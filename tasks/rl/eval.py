@@ -8,7 +8,9 @@ Decision-minRNN context (mode):
                         episode from a zero state), so evaluation sees no longer context than training.
     "carry"             the recurrent state is carried token by token over the whole episode
                         (act_step / push_action): O(1) work per step, but beyond K steps it conditions
-                        on a longer history than any training window.
+                        on a longer history than any training window. The blocks' steps run fused
+                        (mincore.inference: every block in one compiled call per token) when the model
+                        allows it, else model.act_step / push_action; `fallback` says why not.
 Both agree for t < K (tests/test_rl_collect.py). Return-to-go conditioning follows Decision
 Transformer: R_1 = target_return, R_{t+1} = R_t - r_t, fed scaled by 1 / reward_scale.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mincore.autograd import no_grad
+from mincore.autograd import as_tensor, no_grad
 
 from ..loop import to_device, to_host
 from . import data as rl_data
@@ -30,23 +32,43 @@ class DecisionPolicy:
     """Acts with a DecisionRNN; see the module docstring for `mode`."""
 
     def __init__(self, model, state_mean, state_std, *, K=20, target_return=1000.0, reward_scale=1000.0,
-                 max_timestep=1000, mode="window", xp=np):
+                 max_timestep=1000, mode="window", xp=np, fused=True):
         if mode not in ("window", "carry"):
             raise ValueError(f"mode: expected 'window' or 'carry', got {mode!r}")
         self.model, self.mean, self.std, self.K, self.mode = model, state_mean, state_std, K, mode
         self.target, self.scale, self.max_t = target_return, reward_scale, max_timestep
         self.xp = xp  # the model's arrays (numpy or cupy); observations and actions stay NumPy
+        self.fused, self.stepper, self.fallback = fused, None, None
 
     def reset(self, n):
         self.t, self.state, self.rtg = 0, None, np.full((n, 1), self.target / self.scale, np.float32)
         self.hist = {"rtg": [], "states": [], "actions": []}
+        self.stepper = None
+        if self.mode == "carry" and self.fused:  # built here: a copy of the weights as they are now
+            from mincore.inference import FusedStepper, Unsupported
+
+            m = self.model
+            try:
+                self.stepper, self.fallback = FusedStepper(m.blocks, norm=m.norm, head=m.head), None
+                self.state = self.stepper.state(None, n)
+            except Unsupported as e:
+                self.fallback = str(e)
+
+    def _push(self, emb, t, head):
+        """One token through the fused blocks (DecisionRNN._push's embedding, then the stepper)."""
+        m = self.model
+        x = m.ln(emb + m.embed_t(t)).data
+        return self.stepper.step(x, self.state, head=head)
 
     @no_grad()
     def act(self, obs):
         s = ((obs - self.mean) / self.std).astype(np.float32)
         n, t = len(s), min(self.t, self.max_t - 1)
         ts = np.full(n, t, np.int64)
-        if self.mode == "carry":
+        if self.stepper is not None:
+            self._push(self.model.embed_rtg(as_tensor(self.rtg)), ts, head=False)
+            a = np.tanh(self._push(self.model.embed_state(as_tensor(s)), ts, head=True))
+        elif self.mode == "carry":
             a, self.state = self.model.act_step(*to_device((self.rtg, s, ts), self.xp), self.state)
         else:
             h = self.hist
@@ -65,7 +87,9 @@ class DecisionPolicy:
     def observe(self, action, reward):
         """The action taken and the reward received, for the next step's tokens."""
         action = np.asarray(action, np.float32)
-        if self.mode == "carry":
+        if self.stepper is not None:
+            self._push(self.model.embed_action(as_tensor(action)), self._ts, head=False)
+        elif self.mode == "carry":
             self.state = self.model.push_action(*to_device((action, self._ts), self.xp), self.state)
         else:
             self.hist["actions"][-1] = action
