@@ -16,6 +16,10 @@ from mincore.inference import FusedStepper, _host, _launch
 __all__ = ["sample_rows", "generate_tokens"]
 
 MAX_CHUNK = 64  # tokens per fused call at most; chunks start at 1 and double, so text appears at once
+# Prompts up to this many tokens go through the fused step too: the parallel pass would first load its
+# scan and GELU kernels (~0.25 s, more than the fused step's 2,000 tokens), and at about 1,000 tokens
+# the two cost the same per token (docs/SHAKESPEARE.md, Generation).
+FUSED_PROMPT = 2048
 
 
 def sample_rows(logits, u, temperature: float, top_k: int | None) -> np.ndarray:
@@ -50,14 +54,21 @@ def _check(prompt, tokens, batch, temperature, top_k):
 def generate_tokens(model, prompt, tokens: int, *, batch: int = 1, temperature: float = 1.0,
                     top_k: int | None = None, seed: int | None = None, stepper: FusedStepper | None = None):
     """Yield `tokens` arrays of `batch` token ids sampled after `prompt` (a sequence of ids), every
-    row from the same prompt. The prompt goes through one parallel forward; each token then costs one
-    step: the fused one when `stepper` (FusedStepper.from_model(model)) is given, else model.step.
+    row from the same prompt. Each token costs one step: the fused one when `stepper`
+    (FusedStepper.from_model(model)) is given, else model.step. The prompt goes through one parallel
+    forward, or with a stepper and at most FUSED_PROMPT tokens through the fused step.
     The t-th draw of row r uses u[t, r] from np.random.default_rng(seed).random read in order
     (at batch 1 the numbers mincore.tasks.shakespeare.generate draws)."""
     _check(prompt, tokens, batch, temperature, top_k)
     rng = np.random.default_rng(seed)
     xp = model.embed.weight.xp
     ids = np.asarray(prompt, np.int64)
+    if stepper is not None and len(ids) <= FUSED_PROMPT:
+        S = stepper.state(None, batch)
+        for tok in ids:
+            last = stepper.step(np.full(batch, tok), S)
+        yield from _fused(stepper, S, last, rng, tokens, float(temperature), int(top_k or 0))
+        return
     logits, state = model(xp.asarray(np.repeat(ids[None], batch, axis=0)))
     last = _host(logits.data[:, -1])
     if stepper is not None:

@@ -163,6 +163,21 @@ def test_generated_tokens_are_the_same_through_both_paths_float64(batch):
     assert batch == 1 or len({tuple(c) for c in fused.T}) == 1  # greedy: every row the same text
 
 
+def test_a_long_prompt_takes_the_parallel_pass_and_gives_the_same_tokens(monkeypatch):
+    from mincore import generation
+
+    m = make("lru")
+    st = FusedStepper.from_model(m)
+    prompt = np.random.default_rng(0).integers(0, V, 40)
+    short = np.array(list(generate_tokens(m, prompt, 60, batch=2, seed=1, stepper=st)))
+    calls, forward = [], SequenceModel.forward
+    monkeypatch.setattr(generation, "FUSED_PROMPT", 39)
+    monkeypatch.setattr(SequenceModel, "forward", lambda self, *a: calls.append(1) or forward(self, *a))
+    long = np.array(list(generate_tokens(m, prompt, 60, batch=2, seed=1, stepper=st)))
+    assert calls == [1]
+    np.testing.assert_array_equal(short, long)
+
+
 def test_generation_at_batch_1_is_the_shakespeare_generator():
     """The per-op path draws exactly the numbers mincore.tasks.shakespeare.generate draws."""
     from mincore.tasks import shakespeare as S
