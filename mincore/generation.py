@@ -16,10 +16,10 @@ from mincore.inference import FusedStepper, _host, _launch
 __all__ = ["sample_rows", "generate_tokens"]
 
 MAX_CHUNK = 64  # tokens per fused call at most; chunks start at 1 and double, so text appears at once
-# Prompts up to this many tokens go through the fused step too: the parallel pass would first load its
-# scan and GELU kernels (~0.25 s, more than the fused step's 2,000 tokens), and at about 1,000 tokens
-# the two cost the same per token (docs/SHAKESPEARE.md, Generation).
-FUSED_PROMPT = 2048
+# Prompts up to this many tokens go through the fused step too: a parallel pass costs a fixed ~20 ms
+# (loading its kernels, launching them) plus ~1/4 of a fused step per token, so the two break even at
+# a few hundred tokens (benchmarks/generate_speed.py; docs/SHAKESPEARE.md, Generation).
+FUSED_PROMPT = 256
 
 
 def sample_rows(logits, u, temperature: float, top_k: int | None) -> np.ndarray:

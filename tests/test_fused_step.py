@@ -171,7 +171,7 @@ def test_a_long_prompt_takes_the_parallel_pass_and_gives_the_same_tokens(monkeyp
     prompt = np.random.default_rng(0).integers(0, V, 40)
     short = np.array(list(generate_tokens(m, prompt, 60, batch=2, seed=1, stepper=st)))
     calls, forward = [], SequenceModel.forward
-    monkeypatch.setattr(generation, "FUSED_PROMPT", 39)
+    monkeypatch.setattr(generation, "FUSED_PROMPT", 39)  # the prompt has 40
     monkeypatch.setattr(SequenceModel, "forward", lambda self, *a: calls.append(1) or forward(self, *a))
     long = np.array(list(generate_tokens(m, prompt, 60, batch=2, seed=1, stepper=st)))
     assert calls == [1]
