@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 __all__ = ["check_engine", "engine_option", "TRAIN_OPTIONS", "task_options", "task_overrides", "models_help",
            "threads_help", "FiniteFloat", "not_empty", "SEED", "physical_memory", "check_fits", "gib", "step_bytes",
-           "warn_threads"]
+           "warn_threads", "mpi_options", "ranks_stop_together"]
 
 
 def check_engine(engine: str | None) -> str | None:
@@ -34,7 +36,7 @@ def engine_option(help: str):
 
 # the common options of `mincore train`; a task's own options (its OPTIONS) may not reuse these names
 TRAIN_OPTIONS = ("task", "preset", "model", "steps", "batch_size", "eval_every", "seed", "engine", "out", "resume",
-                 "force", "quiet", "threads")
+                 "force", "quiet", "threads", "allreduce", "rank_timeout")
 
 
 def task_options(f):
@@ -170,3 +172,38 @@ def warn_threads(requested: int | None, option: str = "--threads") -> None:
     if requested is not None and requested > cpus:
         click.echo(f"Warning: {option} {requested} is more than the {cpus} CPUs this process may use; "
                    f"running with {cpus}", err=True)
+
+
+def mpi_options(f):
+    """`--allreduce` and `--rank-timeout`: how ranks launched by mpiexec / srun sum gradients and how long
+    they wait for each other (mincore.autograd.distributed; docs/DISTRIBUTED.md)."""
+    f = click.option("--rank-timeout", type=FiniteFloat(min=0, min_open=True), default=None,
+                     envvar="MINCORE_RANK_TIMEOUT", show_envvar=True,
+                     help="Under MPI: seconds a rank waits for the others before it stops the job (a rank died "
+                          "or hangs). [default: 600]")(f)
+    return click.option("--allreduce", type=click.Choice(("auto", "mpi", "nccl")), default="auto",
+                        envvar="MINCORE_ALLREDUCE", show_envvar=True, show_default=True,
+                        help="Under MPI: how gradients are summed over the ranks: auto is MPI for NumPy arrays "
+                             "and NCCL for CuPy ones; mpi with CuPy needs a CUDA-aware MPI.")(f)
+
+
+@contextlib.contextmanager
+def ranks_stop_together(ranks, alike: bool = False):
+    """Under MPI, an error of the block: one raised on every rank alike (`alike`, or marked so by
+    mincore.autograd.distributed) ends each rank with status 1, rank 0 alone printing it; any other is
+    printed by its rank, which then stops the whole job (MPI_Abort), since the others would wait for it."""
+    if ranks.size == 1:
+        yield
+        return
+    from mincore.autograd.distributed import on_every_rank
+
+    try:
+        yield
+    except (Exception, KeyboardInterrupt) as e:
+        if alike or on_every_rank(e):
+            if ranks.root:
+                raise
+            raise SystemExit(1) from None
+        click.echo(f"Error: rank {ranks.rank} of {ranks.size}: {type(e).__name__}: {e}; stopping every rank",
+                   err=True)
+        ranks.abort(1)

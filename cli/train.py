@@ -17,7 +17,9 @@ from .options import (
     check_fits,
     engine_option,
     models_help,
+    mpi_options,
     not_empty,
+    ranks_stop_together,
     step_bytes,
     task_options,
     task_overrides,
@@ -50,10 +52,12 @@ SETTINGS = ("preset", "model", "steps", "batch_size", "eval_every", "seed", "eng
 @click.option("--force", is_flag=True, help="Replace the run saved in --out (its files are removed).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help=threads_help())
+@mpi_options
 def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out, resume, force, quiet, threads,
-          **own):
+          allreduce, rank_timeout, **own):
     """Train a task; writes config.json, metrics.jsonl, checkpoint.h5, summary.json and
     learning_curve.png into --out. Ctrl-C stops after the current step with a checkpoint.
+    Under mpiexec / srun every rank trains on its share of each batch (data parallel).
 
     \b
     Examples:
@@ -64,10 +68,39 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out,
       mincore train --task copy --out runs/lstm --force  # start again in a folder holding a run
       mincore train --task shakespeare --data input.txt  # character-level LM on a local text
       mincore train --task rl --env hopper --kind medium # Decision-minGRU + BC baseline, scored
+      mpiexec -n 2 mincore train --task copy             # two ranks, the same --batch-size in all
     """
+    from mincore.autograd.distributed import world
     from mincore.backend import cpu_count, keep_freed_memory
-    from mincore.tasks import get_task
     from mincore.tasks.loop import NonFiniteLoss
+
+    ranks = world(allreduce=allreduce, timeout=rank_timeout)  # MPI's when launched by mpiexec / srun
+    say = click.echo if ranks.root else (lambda *a, **k: None)  # rank 0 alone prints
+    with ranks_stop_together(ranks, alike=True):  # the command line is checked alike on every rank
+        mod, cfg, out = _config(task, preset, model, steps, batch_size, eval_every, seed, engine, out, resume, force,
+                                own, ranks)
+    if ranks.root:
+        warn_threads(threads)
+    try:
+        keep_freed_memory()  # each step's activations reuse freed memory (its docstring)
+        # ranks on one machine share its cores: each takes its part unless --threads says otherwise
+        with cpu_threads(threads or mod.THREADS or max(1, cpu_count() // ranks.local_size)), \
+                ranks_stop_together(ranks):
+            s = mod.train(cfg, out, resume=resume, force=force, progress=not quiet)
+    except NonFiniteLoss as e:
+        raise click.ClickException(str(e)) from None
+    if s["status"] == "interrupted":
+        launch = f"mpiexec -n {ranks.size} " if ranks.size > 1 else ""
+        say(f"interrupted at step {s['steps']}; checkpoint saved. Continue with:\n"
+            f"  {launch}mincore train --task {task} --out {out} --resume", err=True)
+        sys.exit(130)
+    say(mod.describe(s))
+    say(f"files in {out}/: config.json metrics.jsonl checkpoint.h5 summary.json learning_curve.png")
+
+
+def _config(task, preset, model, steps, batch_size, eval_every, seed, engine, out, resume, force, own, ranks):
+    """(task module, Config, run folder) from the command line; a resumed run's from its checkpoint."""
+    from mincore.tasks import get_task
 
     mod = get_task(task)
     if preset not in mod.PRESETS:
@@ -81,26 +114,14 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out,
     overrides = task_overrides(mod, task, own)
     out = out or f"runs/{task}-{model or mod.PRESETS[preset].model}"
     if resume:
-        cfg = _resumed_config(mod, task, out, overrides)
+        cfg = ranks.on_root(lambda: _resumed_config(mod, task, out, overrides))  # rank 0 reads the folder
     else:
         cfg = mod.config(preset, model=model, steps=steps, batch_size=batch_size, eval_every=eval_every,
                          seed=seed, engine=engine, **overrides)
         cfg.validate()
     nbytes, what = step_bytes(cfg)
     check_fits(nbytes, "the run's batch_size" if resume else "--batch-size", what)
-    warn_threads(threads)
-    try:
-        keep_freed_memory()  # each step's activations reuse freed memory (its docstring)
-        with cpu_threads(threads or mod.THREADS or cpu_count()):
-            s = mod.train(cfg, out, resume=resume, force=force, progress=not quiet)
-    except NonFiniteLoss as e:
-        raise click.ClickException(str(e)) from None
-    if s["status"] == "interrupted":
-        click.echo(f"interrupted at step {s['steps']}; checkpoint saved. Continue with:\n"
-                   f"  mincore train --task {task} --out {out} --resume", err=True)
-        sys.exit(130)
-    click.echo(mod.describe(s))
-    click.echo(f"files in {out}/: config.json metrics.jsonl checkpoint.h5 summary.json learning_curve.png")
+    return mod, cfg, out
 
 
 def _resumed_config(mod, task, out, overrides):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mincore.autograd import F, nn, no_grad, ops
+from mincore.autograd.distributed import world
 from mincore.layers import LRU, lru_op
 from mincore.models import Block, lru_param_groups
 
@@ -171,14 +172,16 @@ class CopyTask:
     @no_grad()
     def evaluate(self) -> dict:
         """Mean cross entropy and accuracy over the N copied tokens of the held-out set, and the
-        fraction of sequences copied without a mistake."""
-        c, nll, hits, whole = self.cfg, 0.0, 0, 0
-        for i in range(0, c.eval_size, c.eval_batch):
+        fraction of sequences copied without a mistake. Under MPI each rank scores its share of the
+        batches and the sums are added over the ranks."""
+        c, nll, hits, whole, ranks = self.cfg, 0.0, 0, 0, world()
+        for i in ranks.split(range(0, c.eval_size, c.eval_batch)):
             x, y = (self.xp.asarray(a[i:i + c.eval_batch]) for a in (self.eval_x, self.eval_y))
             logits = self.model(x, c.n_data)
             nll += float(F.cross_entropy(logits, y).item()) * y.size
             right = logits.data.argmax(-1) == y
             hits, whole = hits + int(right.sum()), whole + int(right.all(axis=1).sum())
+        nll, hits, whole = ranks.sum([nll, hits, whole])
         n = self.eval_y.size
         return {"loss": nll / n, "accuracy": hits / n, "sequence_accuracy": whole / c.eval_size}
 

@@ -11,6 +11,13 @@ What is written is checked first: a step whose loss, gradients or updated parame
 or an evaluation with a non-finite figure, stops the run (NonFiniteLoss) before any checkpoint, so the
 checkpoint on disk is always the last good one. Ctrl-C (SIGINT) and SIGTERM finish the step, checkpoint
 and return status "interrupted".
+
+Under MPI (launched by mpiexec / srun with N > 1 ranks: mincore.autograd.distributed) the loop is
+data-parallel: batch_size stays the global batch, each rank trains on its rows of it and of every
+dropout mask (tasks/dataparallel.py), gradients are averaged over the ranks after backward, and
+metrics, stops and evaluations are agreed, so an N-rank run is the 1-rank run up to the order of
+floating sums. Rank 0 alone locks the folder and writes its files (rank 0 loads a checkpoint and
+broadcasts it), shows the progress bar and prints. docs/DISTRIBUTED.md.
 """
 
 from __future__ import annotations
@@ -24,11 +31,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mincore.autograd import load_checkpoint, optim, save_checkpoint
+from mincore.autograd import distributed, load_checkpoint, optim, save_checkpoint
 from mincore.backend import engine_array_module, get_array_module, resolve_engine
 
+from . import dataparallel
 from .config import LoopConfig, config_from_dict, describe, preset_config, task_functions
-from .rundir import FILES, RunDir, RunFolderBusy, machine, plot_curves
+from .rundir import FILES, PeerRunDir, RunDir, RunFolderBusy, machine, plot_curves
 
 __all__ = ["LoopConfig", "NonFiniteLoss", "RunFolderBusy", "train", "FILES", "place", "to_device", "to_host",
            "describe", "task_functions", "preset_config", "config_from_dict"]
@@ -37,6 +45,8 @@ __all__ = ["LoopConfig", "NonFiniteLoss", "RunFolderBusy", "train", "FILES", "pl
 class NonFiniteLoss(RuntimeError):
     """Raised after a clean stop on a NaN/inf loss, gradient, parameter or held-out figure; the
     checkpoint on disk (named in the message) is the last good one."""
+
+    on_every_rank = True  # the figures are agreed over the ranks first (mincore.autograd.distributed)
 
 
 # ------------------------------------------------------------------------------ where arrays live
@@ -71,31 +81,49 @@ def train(task, cfg, out, *, task_name: str, resume: bool = False, force: bool =
     `extra`: more keys for config.json, checkpoints and summary.json (task.meta() gives the task's
     own); `report(summary)`: more keys for summary.json, computed after training (rl: scores)."""
     cfg.validate()
-    files = RunDir(out)
-    with files.locked():
+    world = distributed.world()
+    if world.size > 1:
+        try:
+            dataparallel.check_shards(cfg, world.size)
+        except ValueError as e:
+            raise distributed.every_rank(e) from None
+    files = RunDir(out) if world.root else PeerRunDir(out)  # rank 0 alone touches the folder
+
+    def claim():
+        held.enter_context(files.locked())
         files.prepare(resume, force)
+    with contextlib.ExitStack() as held:
+        world.on_root(claim)
+        if world.size > 1:  # one GPU per rank, chosen before the model goes there
+            world.use_device(engine_array_module(cfg.engine))
         task.xp = place(task.model, cfg.engine)
-        run = _Training(task, cfg, files, _meta(task, cfg, task_name, extra))
+        run = _Training(task, cfg, files, _meta(task, cfg, task_name, extra, world), world)
         if resume:
-            run.resume()
+            world.on_root(run.resume)
+        run.share()
         run.start()
-        status = run.steps(progress)
-        if status == "interrupted":
-            return run.interrupted()
-        return run.finish(status, report)
+        try:
+            status = run.steps(progress)
+            if status == "interrupted":
+                return run.interrupted()
+            return run.finish(status, report)
+        except distributed.RankTimeout as e:
+            raise distributed.RankTimeout(f"{e}; {run.kept()}") from None
 
 
-def _meta(task, cfg, task_name, extra) -> dict:
+def _meta(task, cfg, task_name, extra, world) -> dict:
     model = {"model": cfg.model} if hasattr(cfg, "model") else {}
     own = task.meta() if hasattr(task, "meta") else {}
-    return {"task": task_name, "config": dataclasses.asdict(cfg), **model, **own, **(extra or {})}
+    ranks = {"ranks": world.size} if world.size > 1 else {}
+    return {"task": task_name, "config": dataclasses.asdict(cfg), **model, **own, **(extra or {}), **ranks}
 
 
 class _Training:
     """One run: the optimizer, the data Generator and what a checkpoint keeps besides them."""
 
-    def __init__(self, task, cfg, files, meta):
+    def __init__(self, task, cfg, files, meta, world):
         self.task, self.cfg, self.meta, self.model, self.files = task, cfg, meta, task.model, files
+        self.world, self.allreduce, self.flag = world, None, {"stop": None}
         self.opt = optim.AdamW(task.param_groups(), lr=cfg.lr, betas=tuple(cfg.betas))
         self.data_rng = np.random.default_rng((cfg.seed, 1))  # model init uses (seed); data its own stream
         self.step, self.wall0, self.best, self.bad_evals = 0, 0.0, None, 0
@@ -120,6 +148,17 @@ class _Training:
         self.best, self.bad_evals = loop["best"], loop["bad_evals"]
         self.files.keep_events_until(self.step)
 
+    def share(self):
+        """MPI: every rank takes rank 0's state (dataparallel.share_state), then its shard of the
+        dropout masks; gradients are averaged over the ranks from here on."""
+        w = self.world
+        if w.size > 1:
+            counters = (self.step, self.wall0, self.best, self.bad_evals, self.saved)
+            counters = dataparallel.share_state(w, self.model, self.opt, [self.data_rng, *_rngs(self.model)], counters)
+            self.step, self.wall0, self.best, self.bad_evals, self.saved = counters
+            self.allreduce = dataparallel.data_parallel(w, self.model, self.opt.params(), self.task.xp)
+            self.meta["allreduce"] = self.allreduce.how
+
     def start(self):
         self.files.write_json(self.files.config, {**self.meta, "parameters": self.model.num_parameters(),
                                                   "machine": machine()})
@@ -133,11 +172,12 @@ class _Training:
         from tqdm.auto import tqdm
 
         cfg, status, acc = self.cfg, "completed", {}
-        bar = tqdm(total=cfg.steps, initial=self.step, unit="step", disable=not progress, dynamic_ncols=True,
-                   desc=f"{self.meta['task']} {getattr(cfg, 'model', '')}".strip())
+        bar = tqdm(total=cfg.steps, initial=self.step, unit="step", disable=not (progress and self.world.root),
+                   dynamic_ncols=True, desc=f"{self.meta['task']} {getattr(cfg, 'model', '')}".strip())
         self.model.train()
         try:
             with _stop_flag() as flag:
+                self.flag = flag
                 while self.step < cfg.steps:
                     self.schedule()
                     acc = _add(acc, self.optimizer_step())
@@ -163,14 +203,18 @@ class _Training:
 
     def optimizer_step(self) -> dict:
         """One AdamW step on batch_size sequences (as n_micro micro-batches): the mean training metrics."""
-        task, n = self.task, self.n_micro
+        task, n, w = self.task, self.n_micro, self.world
         self.opt.zero_grad()
         sums = {}
         for _ in range(n):
-            loss, metrics = task.loss(task.batch(self.data_rng, self.cfg.batch_size // n))
+            batch = task.batch(self.data_rng, self.cfg.batch_size // n)  # the global (micro-)batch
+            loss, metrics = task.loss(batch if w.size == 1 else dataparallel.shard_rows(batch, w.rank, w.size))
             (loss * (1.0 / n)).backward() if n > 1 else loss.backward()
             for k, v in {"loss": float(loss.item()), **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + v / n
+        if w.size > 1:
+            self.allreduce()
+            sums = dataparallel.agree(w, sums, self.flag, [s.name for s in _STOP_SIGNALS])
         norm = optim.clip_grad_norm(self.model.parameters(), self.cfg.clip if self.cfg.clip > 0 else math.inf)
         stats = {"split": "train", "loss": sums["loss"], "grad_norm": norm}
         if not math.isfinite(sums["loss"]):
@@ -185,12 +229,14 @@ class _Training:
             self.stop_non_finite(self.step, "parameters", stats, f" after the optimizer step ({names})")
         return sums
 
+    def kept(self) -> str:
+        return (f"last good checkpoint: {self.files.checkpoint} (step {self.saved})" if self.saved is not None
+                else "no checkpoint was written")
+
     def stop_non_finite(self, step, what, event, detail=""):
         """Log the event and stop; nothing else is written, so the checkpoint on disk stays the last good one."""
         self.files.log(step=step, **event, event="non-finite")
-        kept = (f"last good checkpoint: {self.files.checkpoint} (step {self.saved})" if self.saved is not None
-                else "no checkpoint was written")
-        raise NonFiniteLoss(f"non-finite {what} at step {step}{detail}; training stopped; {kept}")
+        raise NonFiniteLoss(f"non-finite {what} at step {step}{detail}; training stopped; {self.kept()}")
 
     def log_train(self, acc, bar):
         """The mean training metrics since the last log line, to metrics.jsonl and the progress bar."""
@@ -206,7 +252,7 @@ class _Training:
     def evaluate(self) -> dict:
         """The task's held-out metrics (model in eval mode), logged; a non-finite one stops the run."""
         self.model.eval()
-        metrics = self.task.evaluate()
+        metrics = self.world.bcast(self.task.evaluate())  # rank 0's figures (tasks may shard and sum them)
         self.model.train()
         event = {"split": "eval", **metrics, "lr": self.opt.param_groups[0]["lr"], "wall": round(self.wall(), 3)}
         bad = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
@@ -223,15 +269,19 @@ class _Training:
             self.best, self.bad_evals = score, 0
         else:
             self.bad_evals += 1
-        bar.write(f"step {self.step}: " + "  ".join(f"held-out {k} {v:.4g}" for k, v in self.ev.items()))
+        if self.world.root:
+            bar.write(f"step {self.step}: " + "  ".join(f"held-out {k} {v:.4g}" for k, v in self.ev.items()))
         self.checkpoint()
         return bool(self.cfg.patience and self.bad_evals >= self.cfg.patience)
 
     def checkpoint(self):
+        if self.world.size > 1:
+            dataparallel.check_replicas(self.world, self.model, self.task.xp, self.step, self.kept())
         loop = {"rngs": [g.bit_generator.state for g in _rngs(self.model)], "wall_seconds": self.wall(),
                 "best": self.best, "bad_evals": self.bad_evals}
-        save_checkpoint(self.files.checkpoint, self.model, self.opt, step=self.step, rng=self.data_rng,
-                        config={**self.meta, "loop": loop})
+        if self.world.root:
+            save_checkpoint(self.files.checkpoint, self.model, self.opt, step=self.step, rng=self.data_rng,
+                            config={**self.meta, "loop": loop})
         self.saved = self.step
 
     def interrupted(self) -> dict:
@@ -251,10 +301,11 @@ class _Training:
                    "wall_seconds": round(self.wall(), 3), "parameters": self.model.num_parameters(),
                    "engine": _engine_name(self.cfg.engine), "machine": machine()}
         if report is not None:
-            summary.update(report(summary))
+            summary.update(self.world.on_root(lambda: report(summary)))
         self.files.write_json(self.files.summary, summary)
-        plot_curves(self.files.events(), self.files.learning_curve, self.task.metric,
-                    title=f"{self.meta['task']} {self.meta.get('model', '')}")
+        if self.world.root:
+            plot_curves(self.files.events(), self.files.learning_curve, self.task.metric,
+                        title=f"{self.meta['task']} {self.meta.get('model', '')}")
         return summary
 
 
@@ -268,7 +319,8 @@ def _add(acc: dict, sums: dict) -> dict:
 
 def _rngs(model):
     """The Generators of every module that draws random numbers (dropout), in module order."""
-    return [m.rng for m in model.modules() if isinstance(getattr(m, "rng", None), np.random.Generator)]
+    gens = (dataparallel.generator_of(getattr(m, "rng", None)) for m in model.modules())
+    return [g for g in gens if isinstance(g, np.random.Generator)]
 
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what `kill`, schedulers and containers send

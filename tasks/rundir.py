@@ -5,6 +5,7 @@
     learning_curve.png                         .lock          held while a run trains in the folder
 
 Every file is strict JSON (a non-finite number is written as null) and gets the mode the umask gives.
+Under MPI rank 0 alone writes them; the other ranks hold a PeerRunDir, whose writes do nothing.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: runs are not locked
     fcntl = None
 
-__all__ = ["FILES", "LOCK", "RunDir", "RunFolderBusy", "machine", "plot_curves"]
+__all__ = ["FILES", "LOCK", "RunDir", "PeerRunDir", "RunFolderBusy", "machine", "plot_curves"]
 
 FILES = ("config.json", "metrics.jsonl", "checkpoint.h5", "summary.json", "learning_curve.png")
 LOCK = ".lock"
@@ -135,6 +136,22 @@ class RunDir:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+class PeerRunDir:
+    """The run directory as a rank other than 0 sees it: the same paths (for messages), and writes
+    that do nothing, since rank 0 writes every file. The folder itself is not touched."""
+
+    def __init__(self, out):
+        self.dir = Path(out)
+        for name in FILES:
+            setattr(self, name.split(".")[0], self.dir / name)
+
+    def log(self, **event):
+        pass
+
+    def write_json(self, path, obj):
+        pass
 
 
 def _temporary(path: Path) -> Path:

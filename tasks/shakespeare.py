@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mincore.autograd import F, no_grad
+from mincore.autograd.distributed import world
 from mincore.models import SequenceModel, lru_param_groups
 
 from . import Option, loop, saved_config
@@ -132,7 +133,8 @@ class ShakespeareTask:
 
     @no_grad()
     def window_loss(self) -> float:
-        """Mean CE (nats/char) over non-overlapping context windows tiling the whole test split."""
+        """Mean CE (nats/char) over non-overlapping context windows tiling the whole test split (under
+        MPI each rank takes its share of the batches of windows, and the sums are added)."""
         c, ids = self.cfg, self.test_ids
         x, y = ids[:-1], ids[1:]
         n_full = len(x) // c.context
@@ -141,7 +143,8 @@ class ShakespeareTask:
         chunks = [(xs[i:i + c.eval_batch], ys[i:i + c.eval_batch]) for i in range(0, n_full, c.eval_batch)]
         if len(x) > n_full * c.context:  # the remainder as one shorter window
             chunks.append((x[None, n_full * c.context:], y[None, n_full * c.context:]))
-        return self._nll(chunks, carry=False) / len(y)
+        ranks = world()
+        return ranks.sum([self._nll(ranks.split(chunks), carry=False)])[0] / len(y)
 
     @no_grad()
     def stateful_loss(self) -> float:
@@ -162,7 +165,7 @@ class ShakespeareTask:
     def evaluate(self) -> dict:
         out = {"loss": self.window_loss()}
         if self.cfg.stateful_eval:
-            out["stateful_loss"] = self.stateful_loss()
+            out["stateful_loss"] = world().on_root(self.stateful_loss)  # one sequence: rank 0's to compute
         return out
 
     def meta(self) -> dict:
