@@ -3,13 +3,14 @@ token, what `mincore generate` runs) against the per-operation step (model.step)
 at batch 1 and batched, and the prompt read by fused steps against one parallel forward.
 
     python benchmarks/generate_speed.py --checkpoint runs/shakespeare-mingru/checkpoint.h5 [--tokens 5000]
+    python benchmarks/generate_speed.py --untrained minlstm     # the default preset's model, initial weights
 
 Each figure is the median of --repeats runs, the paths interleaved run by run so that a busy machine
 slows both alike; characters per second of wall time and per CPU second of this process (on a
 shared machine the second says what the code costs, the first what the user got). Sampling as
 `mincore generate` does: temperature 0.8, seed 0, prompt "\\n", after a warm-up of each path (kernels
 compiled and loaded). --cli also times `mincore generate` itself (start-up and prompt included),
---rerun the old comparison: re-running the parallel forward over the growing text per character.
+--rerun the recurrence's point: re-running the parallel forward over the growing text per character.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 from mincore.autograd import no_grad
 from mincore.generation import generate_tokens
 from mincore.inference import FusedStepper
-from mincore.tasks.shakespeare import load_model
+from mincore.tasks import shakespeare as S
 
 
 def timed(fn):
@@ -57,6 +58,36 @@ def gen(model, n, batch=1, stepper=None):
                                                   stepper=stepper))
 
 
+def products(st: FusedStepper):
+    """A function running only the matrix-vector products of one fused token (every block's input,
+    output and MLP matrices and the head, batch 1, in turn): what reading the weights costs."""
+    from numba import njit
+
+    from mincore import inference_jit as J
+
+    mats = []
+    for i in range(st.L[J.N_BLOCKS]):
+        b = st.L[J.HEAD + i * J.BLOCK:J.HEAD + (i + 1) * J.BLOCK]
+        n = b[J.INNER] * (2 if b[J.CELL] != J.LSTM else 3)
+        n_out = n if b[J.CELL] == J.LRU else b[J.INNER]  # the LRU's C reads the (2N,) state pairs
+        mats += [(b[J.HID_W], st.d, n)] + ([(b[J.OUT_W], n_out, st.d)] if b[J.OUT_W] >= 0 else [])
+        if b[J.MLP]:
+            mats += [(b[J.FC1_W], st.d, b[J.MLP_HIDDEN]), (b[J.FC2_W], b[J.MLP_HIDDEN], st.d)]
+    mats.append((st.L[J.HEAD_W], st.d, st.n_out))
+    M = np.array(mats, np.int64)
+    x = np.ones((1, M[:, 1:].max()), st.dtype)
+    y = np.empty_like(x)
+
+    @njit
+    def run(P, M, x, y, n):
+        for _ in range(n):
+            for k in range(M.shape[0]):
+                J.linear(P, M[k, 0], -1, x, y, 1, M[k, 1], M[k, 2])
+    run(st.P, M, x, y, 1)
+    macs = int((M[:, 1] * M[:, 2]).sum())
+    return macs, lambda n: run(st.P, M, x, y, n)
+
+
 def threads(n):
     import numba
     from threadpoolctl import threadpool_limits
@@ -67,7 +98,10 @@ def threads(n):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint")
+    src.add_argument("--untrained", choices=S.MODELS, help="the default preset's model with that cell and its "
+                     "initial weights (speed does not depend on the weights), vocabulary 65")
     ap.add_argument("--tokens", type=int, default=5000, help="characters per fused run")
     ap.add_argument("--ops-tokens", type=int, default=1000, help="characters per per-operation run")
     ap.add_argument("--batch", type=int, default=16, help="rows of the batched runs")
@@ -75,7 +109,12 @@ def main():
     ap.add_argument("--cli", action="store_true", help="also time `mincore generate` (start-up included)")
     ap.add_argument("--rerun", action="store_true", help="also the re-run-the-forward comparison (slow)")
     a = ap.parse_args()
-    model, vocab, meta = load_model(a.checkpoint)
+    if a.checkpoint:
+        model, vocab, meta = S.load_model(a.checkpoint)
+    else:
+        cfg = S.config("default", model=a.untrained)
+        vocab = S.Vocab("".join(chr(48 + i) for i in range(65)))
+        model, meta = S.build_model(cfg, len(vocab)).eval(), {"config": vars(cfg), "step": 0}
     st = FusedStepper.from_model(model)
     c = meta["config"]
     print(f"model: {c.get('model')} d {c.get('d_model')} x {c.get('n_layers')} layers, checkpoint step "
@@ -87,6 +126,11 @@ def main():
         table("batch 1, one thread", rates({"fused step": (a.tokens, gen(model, a.tokens, 1, st)),
                                             "per-operation step": (a.ops_tokens, gen(model, a.ops_tokens))},
                                            a.repeats))
+        macs, run = products(st)
+        t = rates({"p": (a.tokens, lambda: run(a.tokens))}, a.repeats)["p"]
+        print(f"\nthe products alone ({len(st.P) * st.P.itemsize / 2**20:.2f} MiB of weights read, {macs:,} "
+              f"multiply-adds a token): {t[2] / a.tokens * 1e6:.0f} us a token per CPU second, "
+              f"{a.tokens / t[2]:,.0f} tokens per CPU second, {macs * a.tokens / t[2] / 1e9:.1f} G multiply-adds/s")
         prompt = np.random.default_rng(0).integers(0, len(vocab), 1000)
         with no_grad():
             table("reading a 1,000-character prompt, one thread", rates({
@@ -101,10 +145,11 @@ def main():
             runs |= rates({f"fused step, {k} thread(s)": (n * B, gen(model, n, B, st)),
                            f"per-operation step, {k} thread(s)": (n * B, gen(model, n, B))}, a.repeats)
     table(f"batch {B} ({n} characters per row)", runs)
-    if a.cli:
+    if a.cli and a.checkpoint:
         cli(a.checkpoint, a.tokens)
     if a.rerun:
-        rerun(model, vocab, a.ops_tokens)
+        with threads(1):
+            rerun(model, vocab, a.ops_tokens)
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
 
