@@ -5,6 +5,8 @@ what the fused step refuses; the RL rollouts' carry mode."""
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 
@@ -223,3 +225,8 @@ def test_rl_carry_rollouts_act_the_same_fused(cell):
     model.train()  # dropout active: the per-op step, and the reason kept
     pol[True].reset(5)
     assert pol[True].stepper is None and "dropout" in pol[True].fallback
+    model.eval()  # a policy feeding the model another array module (a GPU's) keeps to the model's step
+    device = rl_eval.DecisionPolicy(model, np.zeros(4), np.ones(4), mode="carry", xp=types.SimpleNamespace(
+        __name__="cupy", asarray=np.asarray))
+    device.reset(2)
+    assert device.stepper is None and "arrays are cupy" in device.fallback

@@ -49,6 +49,9 @@ class DecisionPolicy:
 
             m = self.model
             try:
+                if self.xp is not np:
+                    raise Unsupported(f"the policy's arrays are {getattr(self.xp, '__name__', self.xp)}; the fused "
+                                      f"step runs on NumPy arrays (CPU)")
                 self.stepper, self.fallback = FusedStepper(m.blocks, norm=m.norm, head=m.head), None
                 self.state = self.stepper.state(None, n)
             except Unsupported as e:
