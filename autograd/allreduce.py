@@ -14,11 +14,9 @@ None, as on one process (the optimizer then skips it). Transports (`choose_allre
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
-from .distributed import BUCKET_BYTES, RankTimeout, bucket_layout, choose_allreduce
+from .distributed import BUCKET_BYTES, RankTimeout, bucket_layout, choose_allreduce, poll_until
 
 __all__ = ["GradientAllReduce", "MpiSum", "NcclSum", "nccl_available"]
 
@@ -72,14 +70,10 @@ class NcclSum:
                             stream.ptr)
         done = self.cupy.cuda.Event(disable_timing=True)
         done.record(stream)
-        deadline, pause = time.monotonic() + self.world.timeout, 0.0
-        while not done.done:
-            if time.monotonic() > deadline:
-                self.comm.abort()  # the kernel waits for a peer that is gone: free the device first
-                raise RankTimeout(f"rank {self.world.rank} of {self.world.size}: the NCCL {what} waited "
-                                  f"{self.world.timeout:g} s for the other ranks (one died, hangs or is far slower)")
-            time.sleep(pause)
-            pause = min(1e-3, 2 * pause or 2e-5)
+        if not poll_until(lambda: done.done, self.world.timeout):
+            self.comm.abort()  # the kernel waits for a peer that is gone: free the device first
+            raise RankTimeout(f"rank {self.world.rank} of {self.world.size}: the NCCL {what} waited "
+                              f"{self.world.timeout:g} s for the other ranks (one died, hangs or is far slower)")
 
 
 class GradientAllReduce:

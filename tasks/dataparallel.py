@@ -73,13 +73,15 @@ def check_replicas(world, model, xp, step: int, kept: str) -> None:
 
 
 def check_shards(cfg, size: int) -> None:
-    """A ValueError unless each micro-batch of cfg splits into `size` equal shards."""
+    """A ValueError (raised alike on every rank) unless each micro-batch of cfg splits into `size`
+    equal shards."""
     micro = min(cfg.micro_batch or cfg.batch_size, cfg.batch_size)
     if micro % size:
         what = (f"batch_size {cfg.batch_size}" if micro == cfg.batch_size else
                 f"micro-batches of {micro} (batch_size {cfg.batch_size}, micro_batch {cfg.micro_batch})")
-        raise ValueError(f"{what} cannot be split evenly over {size} ranks: choose a batch size whose micro-batches "
-                         f"are a multiple of {size}, or another number of ranks")
+        raise distributed.every_rank(ValueError(
+            f"{what} cannot be split evenly over {size} ranks: choose a batch size whose micro-batches are a "
+            f"multiple of {size}, or another number of ranks"))
 
 
 def shard_rows(batch, rank: int, size: int):

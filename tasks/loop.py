@@ -83,10 +83,7 @@ def train(task, cfg, out, *, task_name: str, resume: bool = False, force: bool =
     cfg.validate()
     world = distributed.world()
     if world.size > 1:
-        try:
-            dataparallel.check_shards(cfg, world.size)
-        except ValueError as e:
-            raise distributed.every_rank(e) from None
+        dataparallel.check_shards(cfg, world.size)
     files = RunDir(out) if world.root else PeerRunDir(out)  # rank 0 alone touches the folder
 
     def claim():

@@ -209,3 +209,13 @@ def test_shard_dropout_wraps_every_dropout_generator_once():
     assert len(wrapped) == len(before) >= 2
     assert _rngs(model) == before  # checkpoints keep the Generators themselves
     assert all(w.rank == 1 and w.size == 2 for w in wrapped)
+
+
+def test_poll_until_spins_then_sleeps_and_gives_up_at_the_timeout():
+    import time
+
+    calls = []
+    assert D.poll_until(lambda: calls.append(1) or len(calls) == 5, timeout=10) and len(calls) == 5
+    t0 = time.monotonic()
+    assert D.poll_until(lambda: False, timeout=0.05) is False
+    assert 0.05 <= time.monotonic() - t0 < 2

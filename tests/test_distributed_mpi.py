@@ -139,8 +139,8 @@ def rank_pid(tag: str, rank: int, deadline: float) -> int:
     raise AssertionError(f"no rank {rank} of job {tag} found")
 
 
-def start_and_freeze_rank_1(out, *more) -> tuple[subprocess.Popen, int]:
-    """A 2-rank copy run, with rank 1 stopped (SIGSTOP) once the first checkpoint is on disk."""
+def start_and_signal_rank_1(out, sig=signal.SIGSTOP, *more) -> tuple[subprocess.Popen, int]:
+    """A 2-rank copy run, rank 1 sent `sig` (SIGSTOP: stopped) once the first checkpoint is on disk."""
     tag = uuid.uuid4().hex
     job = subprocess.Popen([MPIEXEC, "-n", "2", *MINCORE, *COPY, "--steps", "40", "--eval-every", "5",
                             "--out", str(out), *more], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -150,7 +150,7 @@ def start_and_freeze_rank_1(out, *more) -> tuple[subprocess.Popen, int]:
         assert job.poll() is None and time.monotonic() < deadline, job.communicate()
         time.sleep(0.01)
     pid = rank_pid(tag, 1, deadline)
-    os.kill(pid, signal.SIGSTOP)
+    os.kill(pid, sig)
     return job, pid
 
 
@@ -168,7 +168,7 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason=
 @needs_proc
 def test_a_killed_rank_stops_the_job_and_the_run_resumes_exactly(tmp_path, uninterrupted):
     out = tmp_path / "run"
-    job, pid = start_and_freeze_rank_1(out)
+    job, pid = start_and_signal_rank_1(out)
     os.kill(pid, signal.SIGKILL)
     t0 = time.monotonic()
     stdout, stderr = job.communicate(timeout=120)
@@ -186,7 +186,7 @@ def test_a_killed_rank_stops_the_job_and_the_run_resumes_exactly(tmp_path, unint
 @needs_proc
 def test_a_hung_rank_stops_the_job_with_a_message_after_the_timeout(tmp_path):
     out = tmp_path / "run"
-    job, _ = start_and_freeze_rank_1(out, "--rank-timeout", "3")
+    job, _ = start_and_signal_rank_1(out, signal.SIGSTOP, "--rank-timeout", "3")
     t0 = time.monotonic()
     stdout, stderr = job.communicate(timeout=120)
     assert job.returncode != 0 and time.monotonic() - t0 < 60
@@ -194,6 +194,19 @@ def test_a_hung_rank_stops_the_job_with_a_message_after_the_timeout(tmp_path):
     assert re.search(r"Error: rank 0 of 2: RankTimeout: rank 0 of 2: the \w[\w -]*(\(bucket 1 of 1\) )?waited 3 s "
                      r"for the other ranks", stderr), stderr
     assert f"last good checkpoint: {out / 'checkpoint.h5'} (step {step}); stopping every rank" in stderr, stderr
+
+
+@needs_proc
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    out = tmp_path / "run"
+    job, _ = start_and_signal_rank_1(out, signal.SIGTERM)
+    stdout, stderr = job.communicate(timeout=120)
+    assert job.returncode == 130, stdout + stderr
+    assert stderr.count("interrupted at step") == 1, stderr
+    assert f"mpiexec -n 2 mincore train --task copy --out {out} --resume" in stderr
+    stops = [e for e in events(out) if e.get("event") == "interrupted"]
+    assert len(stops) == 1 and stops[0]["signal"] == "SIGTERM"
+    assert load_checkpoint(out / "checkpoint.h5").step == stops[0]["step"]  # a checkpoint of that step
 
 
 def test_shakespeare_on_two_ranks_as_on_one(tmp_path):
