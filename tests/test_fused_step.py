@@ -43,7 +43,7 @@ def make(cell, dtype=np.float64, seed=0, **kw):
 
 
 @pytest.mark.parametrize("cell,kw", CASES)
-@pytest.mark.parametrize("batch", [1, 3, 9])
+@pytest.mark.parametrize("batch", [1, 3, 2 * J.TILE + 3])  # one row, one tile, three tiles
 def test_fused_step_equals_the_step_and_the_parallel_forward_float64(cell, kw, batch):
     m = make(cell, **kw)
     ids = np.random.default_rng(batch).integers(0, V, (batch, 11))
@@ -80,14 +80,22 @@ def test_after_a_parallel_prompt_pass_the_fused_step_continues_it(cell, kw):
 def test_serial_and_parallel_entry_points_agree_bitwise():
     m = make("minlstm", dtype=np.float32)
     st = FusedStepper.from_model(m)
-    X = np.random.default_rng(0).standard_normal((10, 8)).astype(np.float32)
-    S = np.random.default_rng(1).standard_normal((10, st.width)).astype(np.float32)
+    B = 2 * J.TILE + 3
+    X = np.random.default_rng(0).standard_normal((B, 8)).astype(np.float32)
+    S = np.random.default_rng(1).standard_normal((B, st.width)).astype(np.float32)
     out = []
     for run in (J.rows_serial, J.rows_parallel):
-        X2, S2, logits = X.copy(), S.copy(), np.empty((10, V), np.float32)
+        X2, S2, logits = X.copy(), S.copy(), np.empty((B, V), np.float32)
         run(st.P, st.L, S2, X2, logits)
         out.append((X2, S2, logits))
     for a, b in zip(*out, strict=True):
+        np.testing.assert_array_equal(a, b)
+    u, got = np.random.default_rng(2).random((5, B)), []
+    for run in (J.generate_serial, J.generate_parallel):
+        S2, last, toks = S.copy(), out[0][2].copy(), np.empty((5, B), np.int64)
+        run(st.P, st.L, S2, last, u, 0.9, 3, toks)
+        got.append((S2, last, toks))
+    for a, b in zip(*got, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -152,7 +160,7 @@ def test_the_fused_sampler_is_the_per_op_sampler():
             assert J.sample(z, u, temperature, top_k) == want
 
 
-@pytest.mark.parametrize("batch", [1, 6])
+@pytest.mark.parametrize("batch", [1, 6, J.TILE + 2])
 def test_generated_tokens_are_the_same_through_both_paths_float64(batch):
     m = make("mingru")
     st = FusedStepper.from_model(m)
