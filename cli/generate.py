@@ -25,11 +25,13 @@ from .options import SEED, FiniteFloat, engine_option, warn_threads
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="CPU threads for BLAS and the numba kernels, at most the CPUs this process may use. One "
                    "sample runs on one thread; more help several --samples and long prompts.")
-@engine_option("Kernel engine for the prompt pass (default: numba on CPU).")
+@engine_option("Kernel engine of the model (default: numba on CPU): the parallel pass of long prompts and the "
+               "per-operation step; a GPU engine's model runs with the per-operation step.")
 def generate(path, prompt, tokens, temperature, top_k, seed, samples, step_mode, threads, engine):
-    """Generate text: the prompt is read in one parallel pass, then each character is sampled with
-    the model's recurrent step (constant memory per token: the RNN state and the conv's last 3
-    inputs). One sample is printed as it is produced, several at the end; the speed goes to stderr.
+    """Generate text: each character is sampled after one recurrent step of the model (constant
+    memory per token: the RNN state and the conv's last 3 inputs); the prompt is read with the same
+    steps, or in one parallel pass when it is longer than 256 characters. One sample is printed as
+    it is produced, several at the end; the speed goes to stderr.
 
     \b
     Examples:
