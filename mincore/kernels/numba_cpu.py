@@ -41,6 +41,7 @@ from .numba_math import fast_dg, fast_g, fast_lstm_gates, fast_sigmoid_pair
 from .numba_scan import JIT as _JIT
 from .numba_scan import ROW as _ROW
 from .numba_scan import U, block, job_range, lru_scan, lru_scan_backward, n_jobs, scan, scan_backward  # noqa: F401 (engine API)
+from .numba_simd import fence, store_row, streams
 from .numba_threads import serialized
 
 DTYPES = ("float32", "float64")
@@ -50,21 +51,22 @@ OUT = frozenset({"scan", "scan_backward", "min_gru", "min_gru_backward", "min_ls
 
 
 # ------------------------------------------------------------------------------------- minGRU
-# Forward rows read the previous state at offset p of `hp`; for t = 0 the kernel first copies h0 into
-# row 0 of h and runs the row in place (p = o), so one call site serves every t.
+# Rows are computed into small per-job buffers (the forward's state s: h_{t-1} in, h_t out; the
+# backward's rows of gradients) and written out by numba_simd.store_row, non-temporally for large
+# outputs (numba_simd's docstring); the state is never read back from h.
 
 
 @njit(**_ROW)
-def _gru_fwd_row(k, v, h, o, p, n, log_space):
+def _gru_fwd_row(k, v, s, o, n, log_space):
     for j in range(n):
-        u, w = o + U(j), p + U(j)
+        u = o + U(j)
         z, a = fast_sigmoid_pair(k[u])  # a = 1 - z, without cancellation
         x = fast_g(v[u]) if log_space else v[u]
-        h[u] = a * h[w] + z * x  # not h + z (h~ - h): that is inf - inf = NaN once h is infinite
+        s[j] = a * s[j] + z * x  # not h + z (h~ - h): that is inf - inf = NaN once h is infinite
 
 
 @njit(**_ROW)
-def _gru_bwd_row(k, v, hp, dh, dk, dv, carry, o, p, n, one, log_space):
+def _gru_bwd_row(k, v, hp, dh, gk, gv, carry, o, p, n, one, log_space):
     for jj in range(n):
         j = n - 1 - jj  # descending, as t is: see "Backward order" above
         u, w = o + U(j), p + U(j)
@@ -74,27 +76,28 @@ def _gru_bwd_row(k, v, hp, dh, dk, dv, carry, o, p, n, one, log_space):
             x, dx = fast_g(v[u]), fast_dg(v[u])
         else:
             x, dx = v[u], one
-        dk[u] = ftz(g * (x - hp[w]) * z * a)  # a = 1 - z, b = z h~: dk = G (h~ - h_{t-1}) z'
-        dv[u] = ftz(g * z * dx)
+        gk[j] = ftz(g * (x - hp[w]) * z * a)  # a = 1 - z, b = z h~: dk = G (h~ - h_{t-1}) z'
+        gv[j] = ftz(g * z * dx)
         carry[j] = ftz(a * g)  # subnormals flushed: see numba_fpenv
 
 
 @functools.cache
 def _gru_kernels(log_space: bool):
     @njit(**_JIT)
-    def fwd(k, v, h0, h, blk, jobs):
+    def fwd(k, v, h0, h, stream, blk, jobs):
         B, T, D = k.shape
         k, v, h, h0 = k.reshape(-1), v.reshape(-1), h.reshape(-1), h0.reshape(-1)
         for job in prange(jobs):
             i, d0, n = job_range(job, D, blk)
-            if T > 0:
-                h[i * T * D + d0:i * T * D + d0 + n] = h0[i * D + d0:i * D + d0 + n]
+            s = h0[i * D + d0:i * D + d0 + n].copy()
             for t in range(T):
                 o = U((i * T + t) * D + d0)
-                _gru_fwd_row(k, v, h, o, o if t == 0 else o - U(D), n, log_space)
+                _gru_fwd_row(k, v, s, o, n, log_space)
+                store_row(h, o, s, n, stream)
+            fence()
 
     @njit(**_JIT)
-    def bwd(k, v, h, dh, h0, dk, dv, dh0, one, blk, jobs):
+    def bwd(k, v, h, dh, h0, dk, dv, dh0, one, stream, blk, jobs):
         B, T, D = k.shape
         k, v, h, dh, h0 = k.reshape(-1), v.reshape(-1), h.reshape(-1), dh.reshape(-1), h0.reshape(-1)
         dk, dv, dh0 = dk.reshape(-1), dv.reshape(-1), dh0.reshape(-1)
@@ -102,12 +105,17 @@ def _gru_kernels(log_space: bool):
             fpenv = denormals_off()  # subnormals flushed by the hardware (numba_fpenv), this job only
             i, d0, n = job_range(job, D, blk)
             carry = np.zeros(n, dtype=h0.dtype)  # a_{t+1} G_{t+1}, zero past the end
-            for t in range(T - 1, 0, -1):
+            gk, gv = np.empty(n, dtype=h0.dtype), np.empty(n, dtype=h0.dtype)  # one row of dk, dv
+            for t in range(T - 1, -1, -1):
                 o = U((i * T + t) * D + d0)
-                _gru_bwd_row(k, v, h, dh, dk, dv, carry, o, o - U(D), n, one, log_space)
-            if T > 0:  # t = 0 reads h0
-                _gru_bwd_row(k, v, h0, dh, dk, dv, carry, U(i * T * D + d0), U(i * D + d0), n, one, log_space)
+                if t > 0:
+                    _gru_bwd_row(k, v, h, dh, gk, gv, carry, o, o - U(D), n, one, log_space)
+                else:  # t = 0 reads h0
+                    _gru_bwd_row(k, v, h0, dh, gk, gv, carry, o, U(i * D + d0), n, one, log_space)
+                store_row(dk, o, gk, n, stream)
+                store_row(dv, o, gv, n, stream)
             dh0[i * D + d0:i * D + d0 + n] = carry
+            fence()
             denormals_restore(fpenv)
 
     return fwd, bwd
@@ -118,7 +126,7 @@ def min_gru(k, v, h0, log_space, out=None):
     """`out`: a preallocated h (lets benchmarks and loops skip the allocation)."""
     B, _, D = k.shape
     h, blk = np.empty_like(k) if out is None else out, block(B, D)
-    _gru_kernels(log_space)[0](k, v, h0, h, blk, n_jobs(B, D, blk))
+    _gru_kernels(log_space)[0](k, v, h0, h, streams(h), blk, n_jobs(B, D, blk))
     return h
 
 
@@ -128,7 +136,8 @@ def min_gru_backward(k, v, h, dh, h0, log_space, out=None):
     B, _, D = k.shape
     dk, dv, dh0 = (np.empty_like(k), np.empty_like(v), np.empty_like(h0)) if out is None else out
     blk = block(B, D)
-    _gru_kernels(log_space)[1](k, v, h, dh, h0, dk, dv, dh0, k.dtype.type(1), blk, n_jobs(B, D, blk))
+    _gru_kernels(log_space)[1](k, v, h, dh, h0, dk, dv, dh0, k.dtype.type(1), streams(dk, dv), blk,
+                               n_jobs(B, D, blk))
     return dk, dv, dh0
 
 
@@ -139,19 +148,19 @@ def min_gru_backward(k, v, h, dh, h0, log_space, out=None):
 
 
 @njit(**_ROW)
-def _lstm_fwd_row(kf, ki, v, h, o, p, n, one, normalize, log_space):
+def _lstm_fwd_row(kf, ki, v, s, o, n, one, normalize, log_space):
     for j in range(n):
-        u, w = o + U(j), p + U(j)
+        u = o + U(j)
         if normalize:
             f, i, _, _ = fast_lstm_gates(kf[u], ki[u])
         else:
             f, i = fast_sigmoid_pair(kf[u])[0], fast_sigmoid_pair(ki[u])[0]
         x = fast_g(v[u]) if log_space else v[u]
-        h[u] = f * h[w] + i * x
+        s[j] = f * s[j] + i * x
 
 
 @njit(**_ROW)
-def _lstm_bwd_row(kf, ki, v, hp, dh, dkf, dki, dv, carry, o, p, n, one, normalize, log_space):
+def _lstm_bwd_row(kf, ki, v, hp, dh, gf, gi, gv, carry, o, p, n, one, normalize, log_space):
     for jj in range(n):
         j = n - 1 - jj  # descending, as t is: see "Backward order" above
         u, w = o + U(j), p + U(j)
@@ -163,35 +172,36 @@ def _lstm_bwd_row(kf, ki, v, hp, dh, dkf, dki, dv, carry, o, p, n, one, normaliz
         if normalize:
             fp, ip, cf, ci = fast_lstm_gates(kf[u], ki[u])  # cf = 1 - f, ci = 1 - i
             ddiff = fp * ip * g * (x - hp[w])
-            dkf[u] = ftz(-cf * ddiff)
-            dki[u] = ftz(ci * ddiff)
-            dv[u] = ftz(g * ip * dx)
+            gf[j] = ftz(-cf * ddiff)
+            gi[j] = ftz(ci * ddiff)
+            gv[j] = ftz(g * ip * dx)
             carry[j] = ftz(fp * g)
         else:
             f, cf = fast_sigmoid_pair(kf[u])  # cf = 1 - f, ci = 1 - i without cancellation
             i, ci = fast_sigmoid_pair(ki[u])
-            dkf[u] = ftz(g * hp[w] * f * cf)
-            dki[u] = ftz(g * x * i * ci)
-            dv[u] = ftz(g * i * dx)
+            gf[j] = ftz(g * hp[w] * f * cf)
+            gi[j] = ftz(g * x * i * ci)
+            gv[j] = ftz(g * i * dx)
             carry[j] = ftz(f * g)
 
 
 @functools.cache
 def _lstm_kernels(normalize: bool, log_space: bool):
     @njit(**_JIT)
-    def fwd(kf, ki, v, h0, h, one, blk, jobs):
+    def fwd(kf, ki, v, h0, h, one, stream, blk, jobs):
         B, T, D = v.shape
         kf, ki, v, h, h0 = kf.reshape(-1), ki.reshape(-1), v.reshape(-1), h.reshape(-1), h0.reshape(-1)
         for job in prange(jobs):
             i, d0, n = job_range(job, D, blk)
-            if T > 0:
-                h[i * T * D + d0:i * T * D + d0 + n] = h0[i * D + d0:i * D + d0 + n]
+            s = h0[i * D + d0:i * D + d0 + n].copy()
             for t in range(T):
                 o = U((i * T + t) * D + d0)
-                _lstm_fwd_row(kf, ki, v, h, o, o if t == 0 else o - U(D), n, one, normalize, log_space)
+                _lstm_fwd_row(kf, ki, v, s, o, n, one, normalize, log_space)
+                store_row(h, o, s, n, stream)
+            fence()
 
     @njit(**_JIT)
-    def bwd(kf, ki, v, h, dh, h0, dkf, dki, dv, dh0, one, blk, jobs):
+    def bwd(kf, ki, v, h, dh, h0, dkf, dki, dv, dh0, one, stream, blk, jobs):
         B, T, D = v.shape
         kf, ki, v, h, dh = kf.reshape(-1), ki.reshape(-1), v.reshape(-1), h.reshape(-1), dh.reshape(-1)
         dkf, dki, dv, h0, dh0 = dkf.reshape(-1), dki.reshape(-1), dv.reshape(-1), h0.reshape(-1), dh0.reshape(-1)
@@ -199,13 +209,19 @@ def _lstm_kernels(normalize: bool, log_space: bool):
             fpenv = denormals_off()  # subnormals flushed by the hardware (numba_fpenv), this job only
             i, d0, n = job_range(job, D, blk)
             carry = np.zeros(n, dtype=h0.dtype)
-            for t in range(T - 1, 0, -1):
+            gf, gi, gv = np.empty(n, dtype=h0.dtype), np.empty(n, dtype=h0.dtype), np.empty(n, dtype=h0.dtype)
+            for t in range(T - 1, -1, -1):
                 o = U((i * T + t) * D + d0)
-                _lstm_bwd_row(kf, ki, v, h, dh, dkf, dki, dv, carry, o, o - U(D), n, one, normalize, log_space)
-            if T > 0:
-                _lstm_bwd_row(kf, ki, v, h0, dh, dkf, dki, dv, carry, U(i * T * D + d0), U(i * D + d0), n, one,
-                              normalize, log_space)
+                if t > 0:
+                    _lstm_bwd_row(kf, ki, v, h, dh, gf, gi, gv, carry, o, o - U(D), n, one, normalize, log_space)
+                else:  # t = 0 reads h0
+                    _lstm_bwd_row(kf, ki, v, h0, dh, gf, gi, gv, carry, o, U(i * D + d0), n, one, normalize,
+                                  log_space)
+                store_row(dkf, o, gf, n, stream)
+                store_row(dki, o, gi, n, stream)
+                store_row(dv, o, gv, n, stream)
             dh0[i * D + d0:i * D + d0 + n] = carry
+            fence()
             denormals_restore(fpenv)
 
     return fwd, bwd
@@ -215,7 +231,7 @@ def _lstm_kernels(normalize: bool, log_space: bool):
 def min_lstm(kf, ki, v, h0, normalize, log_space, out=None):
     B, _, D = v.shape
     h, blk = np.empty_like(v) if out is None else out, block(B, D)
-    _lstm_kernels(normalize, log_space)[0](kf, ki, v, h0, h, v.dtype.type(1), blk, n_jobs(B, D, blk))
+    _lstm_kernels(normalize, log_space)[0](kf, ki, v, h0, h, v.dtype.type(1), streams(h), blk, n_jobs(B, D, blk))
     return h
 
 
@@ -226,6 +242,6 @@ def min_lstm_backward(kf, ki, v, h, dh, h0, normalize, log_space, out=None):
         out = np.empty_like(kf), np.empty_like(ki), np.empty_like(v), np.empty_like(h0)
     dkf, dki, dv, dh0 = out
     blk = block(B, D)
-    _lstm_kernels(normalize, log_space)[1](kf, ki, v, h, dh, h0, dkf, dki, dv, dh0, v.dtype.type(1), blk,
-                                           n_jobs(B, D, blk))
+    _lstm_kernels(normalize, log_space)[1](kf, ki, v, h, dh, h0, dkf, dki, dv, dh0, v.dtype.type(1),
+                                           streams(dkf, dki, dv), blk, n_jobs(B, D, blk))
     return dkf, dki, dv, dh0
