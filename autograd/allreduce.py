@@ -94,7 +94,7 @@ class GradientAllReduce:
 
     def __call__(self) -> None:
         params, w = self.params, self.world
-        held = w.sum([p.grad is not None for p in params])  # ranks holding a gradient, per parameter
+        held = w.sum([p.grad is not None for p in params], "gradient all-reduce")  # ranks holding each gradient
         for k, ((dt, items, _), buf) in enumerate(zip(self.layout, self.buffers, strict=True)):
             for i, off, n in items:
                 g = params[i].grad

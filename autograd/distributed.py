@@ -119,10 +119,10 @@ class Solo:
     def split(self, items):
         return items
 
-    def sum(self, values) -> list:
+    def sum(self, values, what: str = "sum") -> list:
         return list(values)
 
-    def max(self, values) -> list:
+    def max(self, values, what: str = "max") -> list:
         return list(values)
 
     def bcast(self, obj):
@@ -167,12 +167,13 @@ class MpiWorld(Solo):
         """This rank's share of `items` (every size-th, from its rank): balanced when the last is short."""
         return items[self.rank::self.size]
 
-    def sum(self, values) -> list:
-        """The element-wise sum over the ranks (as float64; integers below 2**53 stay exact)."""
-        return self._reduce(values, self.MPI.SUM, "sum")
+    def sum(self, values, what: str = "sum") -> list:
+        """The element-wise sum over the ranks (as float64; integers below 2**53 stay exact); `what`
+        names it in a RankTimeout."""
+        return self._reduce(values, self.MPI.SUM, what)
 
-    def max(self, values) -> list:
-        return self._reduce(values, self.MPI.MAX, "max")
+    def max(self, values, what: str = "max") -> list:
+        return self._reduce(values, self.MPI.MAX, what)
 
     def bcast(self, obj):
         """Rank 0's `obj` on every rank (pickled; its size first, then its bytes)."""

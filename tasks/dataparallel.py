@@ -55,7 +55,7 @@ def data_parallel(world, model, params, xp):
 def agree(world, sums: dict, flag: dict, signals) -> dict:
     """The training metrics' means over the ranks; flag["stop"] set on every rank to a signal (one of
     `signals`, names) that any rank received, so that all ranks stop after the same step."""
-    total = world.sum([*sums.values(), *(flag["stop"] == n for n in signals)])
+    total = world.sum([*sums.values(), *(flag["stop"] == n for n in signals)], "sum of the step's metrics")
     if not flag["stop"]:
         flag["stop"] = next((n for n, c in zip(signals, total[len(sums):], strict=True) if c), None)
     return {k: v / world.size for k, v in zip(sums, total, strict=False)}
@@ -65,7 +65,7 @@ def check_replicas(world, model, xp, step: int, kept: str) -> None:
     """The ranks' parameters must be equal (each applies the same averaged update): a difference stops
     the run on every rank before rank 0 saves a checkpoint the others do not hold."""
     d = float(sum(xp.sum(p.data, dtype=xp.float64) for p in model.parameters()))
-    hi, neg_lo = world.max([d, -d])
+    hi, neg_lo = world.max([d, -d], "comparison of the ranks' parameters")
     if hi != -neg_lo:
         raise distributed.every_rank(RuntimeError(
             f"the ranks' parameters differ at step {step} (sums from {-neg_lo!r} to {hi!r}): the ranks do not "

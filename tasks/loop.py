@@ -209,8 +209,10 @@ class _Training:
             (loss * (1.0 / n)).backward() if n > 1 else loss.backward()
             for k, v in {"loss": float(loss.item()), **metrics}.items():
                 sums[k] = sums.get(k, 0.0) + v / n
-        if w.size > 1:
+        if w.size > 1:  # the time spent in the gradient all-reduce (waiting for the slowest rank included)
+            t0 = time.perf_counter()
             self.allreduce()
+            sums["allreduce_seconds"] = time.perf_counter() - t0
             sums = dataparallel.agree(w, sums, self.flag, [s.name for s in _STOP_SIGNALS])
         norm = optim.clip_grad_norm(self.model.parameters(), self.cfg.clip if self.cfg.clip > 0 else math.inf)
         stats = {"split": "train", "loss": sums["loss"], "grad_norm": norm}
@@ -241,7 +243,7 @@ class _Training:
         mean = {k: v / n for k, v in acc.items()}
         self.files.log(step=self.step, split="train", **mean, lr=self.opt.param_groups[0]["lr"],
                        wall=round(self.wall(), 3))
-        shown = {k: f"{v:.3g}" for k, v in mean.items()}
+        shown = {k: f"{v:.3g}" for k, v in mean.items() if not k.endswith("_seconds")}
         if self.last_eval is not None:
             shown[f"eval_{self.task.metric}"] = f"{self.ev[self.task.metric]:.3g}"
         bar.set_postfix(shown, refresh=False)

@@ -85,6 +85,7 @@ def test_two_ranks_train_as_one_process_and_write_each_file_once(tmp_path):
     assert [(e["step"], e["split"]) for e in two] == [(e["step"], e["split"]) for e in one]  # each line once
     for a, b in zip(one, two, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert (b["allreduce_seconds"] >= 0 and "allreduce_seconds" not in a) if a["split"] == "train" else True
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert summary["ranks"] == config["ranks"] == 2 and config["allreduce"] == "mpi"
@@ -191,8 +192,8 @@ def test_a_hung_rank_stops_the_job_with_a_message_after_the_timeout(tmp_path):
     stdout, stderr = job.communicate(timeout=120)
     assert job.returncode != 0 and time.monotonic() - t0 < 60
     step = load_checkpoint(out / "checkpoint.h5").step
-    assert re.search(r"Error: rank 0 of 2: RankTimeout: rank 0 of 2: the \w[\w -]*(\(bucket 1 of 1\) )?waited 3 s "
-                     r"for the other ranks", stderr), stderr
+    said = r"Error: rank 0 of 2: RankTimeout: rank 0 of 2: the \w.* waited 3 s for the other ranks"
+    assert re.search(said, stderr), stderr
     assert f"last good checkpoint: {out / 'checkpoint.h5'} (step {step}); stopping every rank" in stderr, stderr
 
 
