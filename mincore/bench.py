@@ -37,7 +37,7 @@ SHAPES_CPU = ((64, 512, 256), (64, 4096, 256), (8, 65536, 64))
 SHAPES_GPU = ((64, 512, 256), (64, 4096, 256), (8, 65536, 256), (512, 64, 256))
 SHAPES = {"cpu": SHAPES_CPU, "gpu": SHAPES_GPU}
 REPEATS = {"cpu": 5, "gpu": 20}  # host-clock medians / CUDA-event medians
-QUICK_SHAPE = (16, 4096, 256)  # --quick: 64 MiB per float32 array, above any CPU's last-level cache
+QUICK_SHAPE = (16, 4096, 256)  # --quick: 64 MiB per float32 array; a cell's arrays above 500 MiB in all
 QUICK_REPEATS = 3
 VALUES = {"fwd": 3, "bwd": 6, "fwd+bwd": 9}  # minGRU's values moved per element (the GPU bench's cell)
 CELL_VALUES = {"mingru": (3, 6), "minlstm": (4, 8), "lru": (2, 3), "scan": (3, 5)}  # (fwd, bwd)
@@ -225,16 +225,17 @@ def summarise(cell, shape, dtype, nbytes, times, kinds, load):
     notes = [f"{cell} {tuple(shape)} {np.dtype(dtype).name}: copy = {best[6:]} {yard['copy']:.1f} GB/s ("
              + ", ".join(f"{n[6:]} {gbps(2, statistics.median(times[n])):.1f}" for n in copy_names)
              + f"); x.copy() {yard['x.copy()']:.1f} GB/s; load average {load:.2f}"]
-    notes += warnings(nbytes, times[best], yard["copy"], rows, wide)
+    notes += warnings((vf + vb) * nbytes, times[best], yard["copy"], rows, wide)
     return rows, notes
 
 
-def warnings(nbytes, copy_times, copy_gbps, rows, wide) -> list[str]:
-    """What makes a run's ratios doubtful, one line each."""
+def warnings(moved, copy_times, copy_gbps, rows, wide) -> list[str]:
+    """What makes a run's ratios doubtful, one line each (moved: the bytes a forward and a backward
+    read and write in all)."""
     out = []
     llc = _last_level_cache()
-    if 3 * nbytes < 2 * llc:
-        out.append(f"warning: the arrays ({nbytes / 2**20:.1f} MiB each) fit in the {llc / 2**20:.0f} MiB "
+    if moved < llc:
+        out.append(f"warning: the arrays ({moved / 2**20:.1f} MiB in all) fit in the {llc / 2**20:.0f} MiB "
                    "cache: this measures the cache, not memory; use a larger --shape")
     if copy_gbps < PLAUSIBLE_COPY or max(copy_times) - min(copy_times) > SPREAD * statistics.median(copy_times):
         out.append(f"warning: the copy ran at {copy_gbps:.1f} GB/s, {min(copy_times) * 1e3:.1f}-"
@@ -250,15 +251,10 @@ def warnings(nbytes, copy_times, copy_gbps, rows, wide) -> list[str]:
 
 
 def _last_level_cache() -> int:
-    """Bytes of the largest CPU cache (Linux sysconf), else 32 MiB."""
-    for name in ("SC_LEVEL4_CACHE_SIZE", "SC_LEVEL3_CACHE_SIZE", "SC_LEVEL2_CACHE_SIZE"):
-        try:
-            size = os.sysconf(name)
-        except (ValueError, OSError):
-            continue
-        if size > 0:
-            return size
-    return 32 * 2**20
+    """Bytes of the largest CPU cache (the OS's figure), else 32 MiB."""
+    from .kernels.numba_simd import last_level_cache
+
+    return last_level_cache() or 32 * 2**20
 
 
 def bench_min_gru(shape, engines, *, dtype="float32", repeats=REPEATS["cpu"], log_space=False, torch=True):

@@ -18,13 +18,16 @@ an ordinary store to a line that a non-temporal store also writes pulls the line
 makes the non-temporal store evict it (a first version with ordinary edge stores ran slower than no
 streaming at all). Each job ends with `fence()`, since non-temporal stores are weakly ordered.
 
-When: only for outputs larger than STREAM_BYTES in all (`streams`). Streamed results are not in the
-cache afterwards, which is right for arrays far larger than it and wrong for small ones that the next
-operation reads again at once (a training step's activations).
+When: only for a call whose outputs exceed half the last-level cache (and 32 MiB): `streams`.
+Streamed results are not in the cache afterwards, which is right for arrays far larger than it and
+wrong for ones that the next operation could read from it (a training step's activations), so the
+threshold errs towards plain stores. The cache is the OS's figure for the whole chip; a VM may get
+only part of it, so on such machines outputs somewhat below the threshold are memory-bound too.
 """
 
 from __future__ import annotations
 
+import glob
 import platform
 
 import numpy as np
@@ -37,7 +40,24 @@ U = np.uint64
 LINE = 64  # bytes: one cache line, one 512-bit store
 # x86-64 has movnti / movntps; elsewhere the hint is still legal LLVM, but untested, so off
 STREAMING = platform.machine().lower() in ("x86_64", "amd64")
-STREAM_BYTES = 32 * 2**20  # a call's outputs above this are streamed (see "When" above)
+MIN_STREAM_BYTES = 32 * 2**20
+
+
+def last_level_cache() -> int:
+    """Bytes of the largest CPU cache the OS reports (Linux sysfs), else 0."""
+    sizes = []
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            with open(path) as f:
+                text = f.read().strip().upper()
+            scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+            sizes.append(int(text.rstrip("KMG")) * scale)
+        except (OSError, ValueError):
+            continue
+    return max(sizes, default=0)
+
+
+STREAM_BYTES = max(MIN_STREAM_BYTES, last_level_cache() // 2)  # a call's outputs above this are streamed
 
 
 def streams(*outputs) -> bool:
