@@ -11,9 +11,10 @@ noisy neighbour slows both:
   destination (a numba prange element copy, np.copyto, a chunked numba copy), counting bytes read plus
   bytes written. Rows with preallocated outputs (`out=`) are compared with it: a kernel at 100% moves
   its minimal bytes as fast as the best copy this machine runs moves bytes.
-- "x.copy()": an allocating copy. The public calls without out= allocate their outputs, whose first
-  touch (page faults and the OS zeroing fresh pages; ~1 GB/s in some VMs) can cost more than the
-  kernel, so they are compared with a copy that pays the same.
+- "x.copy()": allocating copies, as many at once as the call returns (B, T, D) arrays (one for a
+  forward, two for minGRU's backward, ...). The public calls without out= allocate their outputs,
+  whose first touch (page faults, the OS zeroing fresh pages, finding huge pages) can cost more than
+  the kernel, so they are compared with copies that allocate the same.
 Each figure is the median of the repeats; min and max are printed beside it, and a run whose copy is
 implausible, whose spread is wide or whose arrays fit in the cache says so.
 GPU: mincore.bench_gpu (device-to-device copy and kernels timed with CUDA events).
@@ -42,6 +43,7 @@ QUICK_REPEATS = 3
 VALUES = {"fwd": 3, "bwd": 6, "fwd+bwd": 9}  # minGRU's values moved per element (the GPU bench's cell)
 CELL_VALUES = {"mingru": (3, 6), "minlstm": (4, 8), "lru": (2, 3), "scan": (3, 5)}  # (fwd, bwd)
 CELLS = tuple(CELL_VALUES)
+OUTPUTS = {"mingru": (1, 2), "minlstm": (1, 3), "lru": (1, 1), "scan": (1, 2)}  # (B, T, D) arrays returned
 # (B, T, D) arrays alive at once per cell (inputs, outputs, an API call's results, two copies), in
 # units of one real array of the dtype: the host memory a shape needs (the LRU's are complex)
 ARRAYS = {"mingru": 11, "minlstm": 14, "lru": 16, "scan": 11}
@@ -173,7 +175,8 @@ def bench_cell(cell, shape, engines, *, dtype="float32", repeats=REPEATS["cpu"],
     allocating copy), its preallocated call where the engine writes out= itself (against the fastest
     copy), and for minGRU the PyTorch baselines; notes: the yardsticks, the load and any warnings."""
     x, fwd, bwd = problem(cell, shape, dtype, log_space)
-    fns = {**copies(x), "x.copy()": x.copy}
+    n_bwd = OUTPUTS[cell][1]
+    fns = {**copies(x), "x.copy() fwd": x.copy, "x.copy() bwd": lambda: tuple(x.copy() for _ in range(n_bwd))}
     kinds = {}  # row name -> (yardstick, forward call, backward call, backward includes forward)
     for eng in engines:
         kinds[eng] = ("x.copy()", functools.partial(fwd, engine=eng), functools.partial(bwd, eng), False)
@@ -205,8 +208,11 @@ def summarise(cell, shape, dtype, nbytes, times, kinds, load):
 
     copy_names = [n for n in times if n.startswith("copy: ")]
     best = min(copy_names, key=lambda n: statistics.median(times[n]))
-    yard = {"copy": gbps(2, statistics.median(times[best])),
-            "x.copy()": gbps(2, statistics.median(times["x.copy()"]))}
+    af, ab = times["x.copy() fwd"], times["x.copy() bwd"]
+    of, ob = OUTPUTS[cell]
+    alloc = {"fwd": gbps(2 * of, statistics.median(af)), "bwd": gbps(2 * ob, statistics.median(ab)),
+             "fwd+bwd": gbps(2 * (of + ob), statistics.median([f + b for f, b in zip(af, ab, strict=True)]))}
+    copy_bw = gbps(2, statistics.median(times[best]))
     vf, vb = CELL_VALUES[cell]
     rows, wide = [], []
     for name, (stick, *_, includes_fwd) in kinds.items():
@@ -216,16 +222,18 @@ def summarise(cell, shape, dtype, nbytes, times, kinds, load):
         for p, ts in passes.items():
             med = statistics.median(ts)
             values = {"fwd": vf, "bwd": vb, "fwd+bwd": vf + vb}[p]
+            yard = copy_bw if stick == "copy" else alloc[p]
             rows.append({"engine": name, "cell": cell, "shape": tuple(shape), "dtype": np.dtype(dtype).name,
                          "pass": p, "ms": med * 1e3, "ms min": min(ts) * 1e3, "ms max": max(ts) * 1e3,
-                         "GB/s": gbps(values, med), "yardstick": stick, "copy GB/s": yard[stick],
-                         "% of copy": 100 * gbps(values, med) / yard[stick], "load": load})
+                         "GB/s": gbps(values, med), "yardstick": stick, "copy GB/s": yard,
+                         "% of copy": 100 * gbps(values, med) / yard, "load": load})
             if p != "bwd" and (max(ts) - min(ts)) > SPREAD * med:
                 wide.append(f"{name} {p}")
-    notes = [f"{cell} {tuple(shape)} {np.dtype(dtype).name}: copy = {best[6:]} {yard['copy']:.1f} GB/s ("
+    notes = [f"{cell} {tuple(shape)} {np.dtype(dtype).name}: copy = {best[6:]} {copy_bw:.1f} GB/s ("
              + ", ".join(f"{n[6:]} {gbps(2, statistics.median(times[n])):.1f}" for n in copy_names)
-             + f"); x.copy() {yard['x.copy()']:.1f} GB/s; load average {load:.2f}"]
-    notes += warnings((vf + vb) * nbytes, times[best], yard["copy"], rows, wide)
+             + f"); x.copy() {alloc['fwd']:.1f} GB/s one array at a time, {alloc['bwd']:.1f} {ob} at once; "
+             f"load average {load:.2f}"]
+    notes += warnings((vf + vb) * nbytes, times[best], copy_bw, rows, wide)
     return rows, notes
 
 

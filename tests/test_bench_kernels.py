@@ -18,7 +18,7 @@ from mincore.cli.bench import bench
 def fake_times(copy_ms, kernel_ms, n=3):
     """Interleaved times (seconds) for summarise: three copies, x.copy() and one engine's two rows."""
     t = {f"copy: {name}": [ms * 1e-3] * n for name, ms in copy_ms.items()}
-    t["x.copy()"] = [40e-3] * n
+    t["x.copy() fwd"], t["x.copy() bwd"] = [40e-3] * n, [100e-3] * n
     for name, (f, b) in kernel_ms.items():
         t[name + " fwd"], t[name + " bwd"] = [f * 1e-3] * n, [b * 1e-3] * n
     return t
@@ -32,17 +32,20 @@ def test_rows_compare_like_with_like_and_the_fastest_copy_wins():
     times = fake_times({"numba prange": 100, "np.copyto": 80, "numba chunked": 160},
                        {"numba": (200, 400), "numba (out=)": (150, 300)})
     rows, notes = B.summarise("mingru", (64, 4096, 256), "float32", nbytes, times, KINDS, 0.5)
-    copy_gbps, alloc_gbps = 2 * nbytes / 80e-3 / 1e9, 2 * nbytes / 40e-3 / 1e9
+    copy_gbps, alloc_bwd = 2 * nbytes / 80e-3 / 1e9, 2 * 2 * nbytes / 100e-3 / 1e9  # minGRU's bwd: 2 arrays
     got = {(r["engine"], r["pass"]): r for r in rows}
     out = got["numba (out=)", "fwd+bwd"]
     assert out["yardstick"] == "copy" and out["copy GB/s"] == pytest.approx(copy_gbps)
     assert out["GB/s"] == pytest.approx(9 * nbytes / 450e-3 / 1e9)
     assert out["% of copy"] == pytest.approx(100 * out["GB/s"] / copy_gbps)
     api = got["numba", "bwd"]
-    assert api["yardstick"] == "x.copy()" and api["copy GB/s"] == pytest.approx(alloc_gbps)
+    assert api["yardstick"] == "x.copy()" and api["copy GB/s"] == pytest.approx(alloc_bwd)
+    api_both = got["numba", "fwd+bwd"]
+    assert api_both["copy GB/s"] == pytest.approx(2 * 3 * nbytes / 140e-3 / 1e9)
     assert api["GB/s"] == pytest.approx(6 * nbytes / 400e-3 / 1e9)
     assert notes[0].startswith("mingru (64, 4096, 256) float32: copy = np.copyto 25.0 GB/s")
     assert "numba chunked 12.5" in notes[0] and "load average 0.50" in notes[0]
+    assert "x.copy() 50.0 GB/s one array at a time, 40.0 2 at once" in notes[0]
     assert {"ms min", "ms max", "load"} <= set(out)
 
 
