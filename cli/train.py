@@ -38,7 +38,8 @@ SETTINGS = ("preset", "model", "steps", "batch_size", "eval_every", "seed", "eng
               help="Named settings: default (2-core CPU, minutes) or paper (the published setting).")
 @click.option("--model", default=None, help=models_help())
 @click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="Optimizer steps (overrides the preset).")
+              help="Optimizer steps (overrides the preset). With --resume: extend the saved run to this "
+                   "many steps (its learning rate then follows the schedule of a run this long).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Sequences per step.")
 @click.option("--eval-every", type=click.IntRange(min=1), default=None, help="Steps between evaluations.")
 @click.option("--seed", type=SEED, default=None,
@@ -65,6 +66,7 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out,
       mincore train --task copy --model minlstm --out runs/lstm
       mincore train --task copy --preset paper --engine cupy
       mincore train --task copy --out runs/lstm --resume # continue after Ctrl-C
+      mincore train --task copy --out runs/lstm --resume --steps 8000  # extend a run to 8000 steps
       mincore train --task copy --out runs/lstm --force  # start again in a folder holding a run
       mincore train --task shakespeare --data input.txt  # character-level LM on a local text
       mincore train --task rl --env hopper --kind medium # Decision-minGRU + BC baseline, scored
@@ -114,7 +116,7 @@ def _config(task, preset, model, steps, batch_size, eval_every, seed, engine, ou
     overrides = task_overrides(mod, task, own)
     out = out or f"runs/{task}-{model or mod.PRESETS[preset].model}"
     if resume:
-        cfg = ranks.on_root(lambda: _resumed_config(mod, task, out, overrides))  # rank 0 reads the folder
+        cfg = ranks.on_root(lambda: _resumed_config(mod, task, out, overrides, steps))  # rank 0 reads the folder
     else:
         cfg = mod.config(preset, model=model, steps=steps, batch_size=batch_size, eval_every=eval_every,
                          seed=seed, engine=engine, **overrides)
@@ -124,17 +126,19 @@ def _config(task, preset, model, steps, batch_size, eval_every, seed, engine, ou
     return mod, cfg, out
 
 
-def _resumed_config(mod, task, out, overrides):
+def _resumed_config(mod, task, out, overrides, steps=None):
     """The Config of the run saved in `out`, checked before any training: its task, its settings, its
     training-loop state, its engine and its data. Settings given on the command line are refused, but
-    for the data file of a task that verifies it (verify_data): the same data, moved."""
+    for the data file of a task that verifies it (verify_data): the same data, moved; and `steps`, which
+    extends the run (at least its saved step; the learning rate follows warmup + cosine over the new
+    total from the saved step on, as in a run started with that many steps)."""
     from mincore.autograd import load_checkpoint
     from mincore.tasks import check_saved_data, check_saved_engine, data_field, saved_config
 
     movable = data_field(mod) if hasattr(mod, "verify_data") else None
     ctx = click.get_current_context()
     given = [f"--{p.replace('_', '-')}" for p in (*SETTINGS, *(o.field for o in mod.OPTIONS))
-             if p != movable and ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
+             if p not in (movable, "steps") and ctx.get_parameter_source(p) == click.core.ParameterSource.COMMANDLINE]
     if given:
         raise click.UsageError(f"--resume continues the saved run with its own settings; drop "
                                f"{', '.join(given)} (or start a new run with another --out)")
@@ -154,8 +158,16 @@ def _resumed_config(mod, task, out, overrides):
                                                     f"another --out")
     except ValueError as e:
         raise click.ClickException(f"--resume: {e}") from None
-    click.echo(f"resuming {out} at step {ck.step} of {cfg.steps}", err=True)
-    return cfg
+    if steps is None or steps == cfg.steps:
+        click.echo(f"resuming {out} at step {ck.step} of {cfg.steps}", err=True)
+        return cfg
+    if steps < ck.step:
+        raise click.BadParameter(f"the saved run is at step {ck.step}; --steps {steps} would end it before "
+                                 f"that (give at least {ck.step}, or start a new run with another --out)",
+                                 param_hint="--steps")
+    click.echo(f"resuming {out} at step {ck.step}, extended from {cfg.steps} to {steps} steps (the learning "
+               f"rate follows the warmup + cosine schedule of a {steps}-step run from here)", err=True)
+    return dataclasses.replace(cfg, steps=steps)
 
 
 def _check_loop_state(loop, path):

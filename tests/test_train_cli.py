@@ -150,8 +150,41 @@ def test_eval_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
 def test_resume_needs_a_checkpoint_and_its_own_settings(tmp_path):
     r = CliRunner().invoke(main, ["train", "--out", str(tmp_path), "--resume"])
     assert r.exit_code == 1 and "no checkpoint" in r.output
-    r = CliRunner().invoke(main, ["train", "--out", str(tmp_path), "--resume", "--steps", "9"])
-    assert r.exit_code == 2 and "drop --steps" in r.output
+    r = CliRunner().invoke(main, ["train", "--out", str(tmp_path), "--resume", "--seed", "9"])
+    assert r.exit_code == 2 and "drop --seed" in r.output
+
+
+def _events(run_dir, split):
+    return [e for e in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if e["split"] == split]
+
+
+def test_resume_with_more_steps_extends_a_finished_run_on_the_longer_schedule(tmp_path, small_eval):
+    """A finished 4-step run resumed with --steps 8 trains steps 5-8 at the learning rates of an
+    8-step run (warmup + cosine over the new total), keeps its first events, and ends at step 8."""
+    cfg = C.config("default", steps=4, warmup=1, eval_every=2, log_every=2)
+    long = C.config("default", steps=8, warmup=1, eval_every=2, log_every=2)
+    C.train(cfg, tmp_path / "short", progress=False)
+    C.train(long, tmp_path / "long", progress=False)
+    first = _events(tmp_path / "short", "train")
+    r = CliRunner().invoke(main, ["train", "--task", "copy", "--quiet", "--out", str(tmp_path / "short"),
+                                  "--resume", "--steps", "8"])
+    assert r.exit_code == 0, r.output
+    assert "extended from 4 to 8 steps" in r.output
+    ext, ref = _events(tmp_path / "short", "train"), _events(tmp_path / "long", "train")
+    assert ext[:2] == first  # the finished run's own events are kept as they were
+    assert [e["step"] for e in ext] == [2, 4, 6, 8]
+    assert [e["lr"] for e in ext[2:]] == [e["lr"] for e in ref[2:]]  # the 8-step schedule from step 4 on
+    assert ext[1]["lr"] != ref[1]["lr"]  # (the 4-step schedule had ended there: the test can tell them apart)
+    assert load_checkpoint(tmp_path / "short" / "checkpoint.h5").step == 8
+    summary = json.loads((tmp_path / "short" / "summary.json").read_text())
+    assert summary["steps"] == 8 and summary["config"]["steps"] == 8 and summary["status"] == "completed"
+
+
+def test_resume_refuses_fewer_steps_than_the_run_has_taken(tmp_path, small_eval):
+    assert run("train", *FAST, "--steps", "4", "--out", str(tmp_path)).exit_code == 0
+    r = CliRunner().invoke(main, ["train", "--task", "copy", "--out", str(tmp_path), "--resume", "--steps", "3"])
+    assert r.exit_code == 2 and "--steps" in r.output and "at step 4" in r.output and "at least 4" in r.output
+    assert load_checkpoint(tmp_path / "checkpoint.h5").step == 4
 
 
 def test_threads_default_to_the_tasks_choice(tmp_path, small_eval, monkeypatch):
