@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import click
 
@@ -99,9 +100,9 @@ def threads_help() -> str:
     by_count: dict = {}
     for name in TASKS:
         by_count.setdefault(get_task(name).THREADS, []).append(name)
-    said = "; ".join(f"{'all cores' if n is None else n} for {_and(names)}" for n, names in by_count.items())
+    said = "; ".join(f"{'every free core' if n is None else n} for {_and(names)}" for n, names in by_count.items())
     return (f"CPU threads for BLAS and the numba kernels, at most the CPUs this process may use. [default: the "
-            f"task's: {said}]")
+            f"task's: {said} (cores the load average leaves free; a note says when that is fewer than all)]")
 
 
 class FiniteFloat(click.FloatRange):
@@ -161,6 +162,27 @@ def step_bytes(cfg) -> tuple[int, str]:
     width = getattr(cfg, "d_model", 1)
     return (int(micro) * int(positions) * int(width) * 4,
             f"a training step of {micro} sequences x {positions} positions x width {width}")
+
+
+def default_threads(task_threads: int | None, ranks_here: int = 1) -> tuple[int, str | None]:
+    """The CPU threads a run takes without --threads, and a note to print when the choice needs one.
+    `task_threads`: the task's THREADS (None: every core this process's share of the machine has:
+    its CPUs over the `ranks_here` ranks on this machine). A single process wanting every core takes
+    only the cores the load average leaves free, and says so: on a busy machine a step spread over a
+    busy core runs several times slower than on the free ones alone."""
+    from mincore.backend import cpu_count, free_cpus
+
+    if task_threads is not None:
+        return task_threads, None
+    share = max(1, cpu_count() // ranks_here)
+    if ranks_here > 1:
+        return share, None
+    free = free_cpus(share)
+    if free == share:
+        return share, None
+    load = os.getloadavg()[0]
+    return free, (f"the machine is busy (load average {load:.1f} on {share} CPUs): training on {free} "
+                  f"thread{'s' if free > 1 else ''}; --threads {share} uses every core")
 
 
 def warn_threads(requested: int | None, option: str = "--threads") -> None:

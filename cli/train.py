@@ -15,6 +15,7 @@ from mincore.tasks import TASKS
 from .options import (
     SEED,
     check_fits,
+    default_threads,
     engine_option,
     models_help,
     mpi_options,
@@ -73,7 +74,7 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out,
       mpiexec -n 2 mincore train --task copy             # two ranks, the same --batch-size in all
     """
     from mincore.autograd.distributed import world
-    from mincore.backend import cpu_count, keep_freed_memory
+    from mincore.backend import keep_freed_memory
     from mincore.tasks.loop import NonFiniteLoss
 
     ranks = world(allreduce=allreduce, timeout=rank_timeout)  # MPI's when launched by mpiexec / srun
@@ -86,7 +87,10 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out,
     try:
         keep_freed_memory()  # each step's activations reuse freed memory (its docstring)
         # ranks on one machine share its cores: each takes its part unless --threads says otherwise
-        with cpu_threads(threads or mod.THREADS or max(1, cpu_count() // ranks.local_size)), \
+        n_threads, note = (threads, None) if threads else default_threads(mod.THREADS, ranks.local_size)
+        if note:
+            say(f"Note: {note}", err=True)
+        with cpu_threads(n_threads), \
                 ranks_stop_together(ranks):
             s = mod.train(cfg, out, resume=resume, force=force, progress=not quiet)
     except NonFiniteLoss as e:

@@ -248,6 +248,20 @@ def cpu_count() -> int:
     return os.cpu_count() or 1
 
 
+def free_cpus(cpus: int | None = None, load: float | None = None) -> int:
+    """CPUs of `cpus` (default: cpu_count()) that other work leaves free, judged by the 1-minute load
+    average (`load`, default os.getloadavg()'s; where the OS has none, every CPU is free); at least 1.
+    Why it matters: a step split over every core waits for its slowest thread, so a core shared with
+    another busy process slows the whole step several times (numba's and BLAS's threads both)."""
+    cpus = cpu_count() if cpus is None else cpus
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return cpus
+    return max(1, min(cpus, cpus - int(load + 0.5)))
+
+
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
 MMAP_THRESHOLD = 32 << 20  # glibc's largest: arrays up to 32 MiB are recycled from the heap
 

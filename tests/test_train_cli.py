@@ -40,7 +40,7 @@ def test_train_help_takes_each_tasks_facts_from_its_module(monkeypatch):
 
     assert "mingru or minlstm" in models_help()  # every task's, then each task's extras:
     assert "(copy: also lru)" in models_help() and "(rl: also bc)" in models_help()
-    assert "1 for copy" in threads_help() and "all cores for shakespeare" in threads_help()
+    assert "1 for copy" in threads_help() and "every free core for shakespeare" in threads_help()
     monkeypatch.setattr(C, "THREADS", 3)
     monkeypatch.setattr(C, "MODELS", ("mingru", "minlstm"))
     assert "(copy: also" not in models_help()
@@ -185,6 +185,30 @@ def test_resume_refuses_fewer_steps_than_the_run_has_taken(tmp_path, small_eval)
     r = CliRunner().invoke(main, ["train", "--task", "copy", "--out", str(tmp_path), "--resume", "--steps", "3"])
     assert r.exit_code == 2 and "--steps" in r.output and "at step 4" in r.output and "at least 4" in r.output
     assert load_checkpoint(tmp_path / "checkpoint.h5").step == 4
+
+
+@pytest.mark.parametrize("cpus, load, expected", [(2, 0.2, 2), (2, 0.6, 1), (2, 1.4, 1), (2, 7.0, 1),
+                                                  (8, 2.6, 5), (1, 3.0, 1), (4, 0.0, 4)])
+def test_free_cpus_leaves_the_cores_the_load_average_keeps_busy(cpus, load, expected):
+    from mincore.backend import free_cpus
+
+    assert free_cpus(cpus, load) == expected
+
+
+def test_a_task_wanting_every_core_takes_the_free_ones_and_says_so(monkeypatch):
+    import os
+
+    import mincore.backend as B
+    from mincore.cli.options import default_threads
+
+    monkeypatch.setattr(B, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.3, 1.0, 1.0))
+    n, note = default_threads(None)
+    assert n == 1 and "load average 1.3 on 2 CPUs" in note and "--threads 2" in note
+    assert default_threads(3) == (3, None)  # a task's own count is kept whatever the load
+    assert default_threads(None, ranks_here=2) == (1, None)  # ranks on one machine share its cores
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 1.0, 1.0))
+    assert default_threads(None) == (2, None)
 
 
 def test_threads_default_to_the_tasks_choice(tmp_path, small_eval, monkeypatch):
