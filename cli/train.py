@@ -74,7 +74,7 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out,
       mpiexec -n 2 mincore train --task copy             # two ranks, the same --batch-size in all
     """
     from mincore.autograd.distributed import world
-    from mincore.backend import keep_freed_memory
+    from mincore.backend import engine_arrays, keep_freed_memory
     from mincore.tasks.loop import NonFiniteLoss
 
     ranks = world(allreduce=allreduce, timeout=rank_timeout)  # MPI's when launched by mpiexec / srun
@@ -84,6 +84,10 @@ def train(task, preset, model, steps, batch_size, eval_every, seed, engine, out,
                                 own, ranks)
     if ranks.root:
         warn_threads(threads)
+        if preset == "paper" and not resume and engine_arrays(cfg.engine) == "numpy":
+            say(f"Note: the paper preset is the published GPU setting ({cfg.steps:,} steps of batch "
+                f"{cfg.batch_size}); on this CPU it runs, but may take days (the progress bar's ETA after a few "
+                f"steps tells). On a GPU: --engine cupy; on a CPU in minutes: --preset default.", err=True)
     try:
         keep_freed_memory()  # each step's activations reuse freed memory (its docstring)
         # ranks on one machine share its cores: each takes its part unless --threads says otherwise

@@ -274,3 +274,12 @@ def test_train_into_a_folder_another_run_trains_in_fails_naming_its_pid(tmp_path
         other.wait()
     assert r.exit_code == 1 and f"in use by another training run (pid {other.pid})" in r.output
     assert not (tmp_path / "config.json").exists()
+
+
+def test_the_paper_preset_on_a_cpu_says_up_front_that_it_is_a_gpu_setting(tmp_path, monkeypatch):
+    monkeypatch.setattr(C, "train", lambda *a, **k: {"status": "interrupted", "steps": 0})  # no training
+    r = CliRunner().invoke(main, ["train", "--task", "copy", "--preset", "paper", "--out", str(tmp_path / "p")])
+    assert r.exit_code == 130
+    assert "the paper preset is the published GPU setting" in r.output and "--engine cupy" in r.output
+    r = CliRunner().invoke(main, ["train", "--task", "copy", "--out", str(tmp_path / "d")])
+    assert "GPU setting" not in r.output
