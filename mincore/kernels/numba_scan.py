@@ -12,6 +12,8 @@ forward 1.2x faster in cache and 1.6-1.8x faster at (64, 4096, 256) on two threa
 Traffic: scan forward reads a, b and writes h (3 values per element); backward reads a, h_{t-1},
 dh and writes da, db (5). LRU forward reads bu, writes h (2 complex); backward reads h_{t-1}, dh,
 writes dbu (3 complex) and reduces dlam over (B, T) per job (one partial row per job, summed after).
+Each row is computed into a per-job buffer (the forward's state never comes back from h) and stored
+by numba_simd.store_row: with non-temporal stores for large outputs, plain ones otherwise.
 """
 
 from __future__ import annotations
