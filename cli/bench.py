@@ -99,7 +99,8 @@ def _engines(names, gpu: bool, dtype: str) -> list[str]:
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch baselines even when torch is installed.")
 @click.option("--plan", callback=_plan, help=PLAN_HELP)
 @click.option("--quick", is_flag=True,
-              help="One shape, (16,4096,256) on the CPU (larger than the caches), 3 repeats: a smoke run.")
+              help="A smoke run: one shape, 3 repeats; on the CPU (16,4096,256) (larger than the caches), "
+                   "the numba engine unless --engine names others, no PyTorch baselines.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), callback=not_empty,
               help="Also write the rows as JSON.")
 def kernels(engines, shapes, dtype, repeats, gpu, cells, log_space, no_torch, plan, quick, json_path):
@@ -135,6 +136,8 @@ def kernels(engines, shapes, dtype, repeats, gpu, cells, log_space, no_torch, pl
         raise click.BadParameter("--log-space applies to mingru and minlstm: add --cell mingru or --cell minlstm",
                                  param_hint="--log-space")
     where = "gpu" if gpu else "cpu"
+    if quick and not gpu:  # the other CPU engines and torch take minutes at a shape above the caches
+        engines, no_torch = engines or ("numba",), True
     engines = _engines(engines, gpu, dtype)
     quick_shape = B.SHAPES_GPU[0] if gpu else B.QUICK_SHAPE
     shapes = [_shape(s) for s in shapes] or ([quick_shape] if quick else list(B.SHAPES[where]))

@@ -117,3 +117,21 @@ def test_cli_cell_all_times_every_cell(tmp_path):
 def test_cli_refuses_cells_it_cannot_time(args, words):
     r = run(*args)
     assert r.exit_code != 0 and words in " ".join(r.output.split()), r.output
+
+
+def test_cli_quick_times_the_numba_engine_alone(monkeypatch):
+    """--quick on the CPU: B.QUICK_SHAPE, the numba engine and no torch (the oracle-like engines and
+    torch take minutes at a shape above the caches); recorded without timing anything."""
+    seen = []
+
+    def fake(cell, shape, engines, **kw):
+        seen.append((cell, shape, list(engines), kw["repeats"], kw["torch"]))
+        return [], ["note"]
+
+    monkeypatch.setattr(B, "bench_cell", fake)
+    r = run("--quick")
+    assert r.exit_code == 0, r.output
+    assert seen == [("mingru", B.QUICK_SHAPE, ["numba"], B.QUICK_REPEATS, False)]
+    r = run("--quick", "--engine", "logspace", "--cell", "scan")
+    assert r.exit_code == 0, r.output
+    assert seen[-1][:3] == ("scan", B.QUICK_SHAPE, ["logspace"])
