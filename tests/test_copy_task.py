@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -75,8 +76,11 @@ def test_presets():
     d, p = C.PRESETS["default"], C.PRESETS["paper"]
     for cfg in (d, p):
         cfg.validate()
-        assert (cfg.n_data, cfg.vocab, cfg.d_model, cfg.expansion, cfg.n_layers, cfg.dropout) == \
-            (16, 16, 64, 6.0, 3, 0.1)
+        assert (cfg.n_data, cfg.vocab, cfg.d_model, cfg.expansion, cfg.n_layers) == (16, 16, 64, 6.0, 3)
+    assert p.dropout == 0.1 and p.train_lens == ()  # the paper's training: dropout 0.1, one length
+    # the default trains without dropout (fresh data every step: nothing to overfit) on lengths up to
+    # the held-out L, which stays the one it is scored on
+    assert d.dropout == 0.0 and max(d.train_lens) == d.seq_len == 48 and min(d.train_lens) >= 2 * d.n_data
     assert (p.seq_len, p.batch_size, p.micro_batch, p.lr, p.weight_decay, p.clip, p.steps) == \
         (4096, 64, 32, 3e-4, 0.05, 1.0, 400_000)
     assert p.patience > 0  # early stopping
@@ -89,6 +93,35 @@ def test_presets():
         C.config("default", model="gru").validate()
     with pytest.raises(ValueError, match="unknown task"):
         get_task("shakespear")
+
+
+def test_train_lens_one_length_per_batch_held_out_at_seq_len():
+    """Each training batch takes one of train_lens (every one of them turns up), with the N markers at
+    its end; the held-out set keeps seq_len."""
+    cfg = dataclasses.replace(C.PRESETS["default"], eval_size=8, train_lens=(32, 40, 48))
+    task = C.CopyTask(cfg)
+    rng, seen = np.random.default_rng(0), set()
+    for _ in range(30):
+        x, y = task.batch(rng, 4)
+        assert y.shape == (4, 16) and (x[:, -16:] == C.MARKER).all()
+        assert ((x[:, :-16] != C.NOISE).sum(axis=1) == 16).all()
+        seen.add(x.shape[1])
+    assert seen == {32, 40, 48}
+    assert task.eval_x.shape == (8, cfg.seq_len)
+
+
+def test_without_train_lens_batches_are_make_batch_at_seq_len():
+    cfg = dataclasses.replace(C.PRESETS["default"], eval_size=8, train_lens=())
+    got = C.CopyTask(cfg).batch(np.random.default_rng(2), 4)
+    want = C.make_batch(np.random.default_rng(2), 4, cfg.seq_len, cfg.n_data)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_train_lens_checked_and_kept_in_the_saved_config():
+    with pytest.raises(ValueError, match="train_lens"):
+        C.config("default", train_lens=(32, 31)).validate()  # 31 < 2 * N
+    cfg = C.config("default")
+    assert C.from_dict(json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg  # JSON list -> tuple
 
 
 def test_no_decay_on_gate_projections():
