@@ -3,8 +3,9 @@
 A sequence of L tokens from a vocabulary of 16: noise token 15 everywhere except N data tokens
 (drawn uniformly from 1..14) at random sorted positions among the first L - N, then N marker tokens 0.
 At the N marker positions the model must output the N data tokens in order; loss and accuracy count
-those N positions only. Training batches are drawn on the fly from a seeded numpy Generator; the
-held-out set is a fixed set of sequences from a separate seed (a random sequence of the default size
+those N positions only. Training batches are drawn on the fly from a seeded numpy Generator, each at
+seq_len or at one length drawn from train_lens (shorter sequences: fewer noise tokens); the held-out
+set is a fixed set of sequences at seq_len from a separate seed (a random sequence of the default size
 repeats one of them with probability below 1e-20, so held-out means never trained on).
 
 Model (the paper's): embedding -> n_layers pre-norm residual minRNN blocks (RMSNorm, minGRU or
