@@ -260,3 +260,13 @@ def test_a_downloaded_corpus_gets_the_mode_the_umask_gives(tmp_path):
     assert p.read_bytes() == src.read_bytes()
     assert p.stat().st_mode & 0o777 == 0o644
     assert [q.name for q in tmp_path.iterdir()] == [p.name]
+
+
+def test_default_preset_shape():
+    """The default: 4,096 characters per step as 16 windows of 256 (test windows as long), dropout on
+    (without it the 0.71M-parameter model overfits the 1M training characters), and a last
+    evaluation that falls on the last step (eval_every divides steps: no extra evaluation)."""
+    d = S.PRESETS["default"]
+    d.validate()
+    assert (d.d_model, d.n_layers, d.context, d.batch_size) == (128, 3, 256, 16)
+    assert d.dropout > 0 and d.steps % d.eval_every == 0 and d.steps // d.eval_every <= 4
