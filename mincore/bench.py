@@ -53,10 +53,13 @@ PLAUSIBLE_COPY = 1.0  # GB/s: a copy below this means the machine was busy, not 
 
 @functools.cache
 def _numba_copies():
-    """Two numba copies: an element-wise prange loop, and 1024 chunks of slices (the old yardstick)."""
+    """Three numba copies: an element-wise prange loop, 1024 chunks of slices (the old yardstick), and
+    the same chunks written with the kernels' non-temporal stores (numba_simd.store_row): without it
+    a kernel that streams its outputs could beat every copy and the yardstick would flatter it."""
     from numba import njit, prange
 
     from .kernels import numba_threads  # noqa: F401 (the kernels' threading layer, chosen before any launch)
+    from .kernels.numba_simd import fence, store_row
 
     @njit(parallel=True, nogil=True)
     def element(x, out):
@@ -74,15 +77,24 @@ def _numba_copies():
             for i in range(xs.size):
                 os_[i] = xs[i]
 
-    return element, chunked
+    @njit(parallel=True, nogil=True)
+    def streamed(x, out):
+        x, out = x.reshape(-1), out.reshape(-1)
+        n, chunks = x.size, 1024
+        for c in prange(chunks):
+            s, e = c * n // chunks, (c + 1) * n // chunks
+            store_row(out, np.uint64(s), x[s:e], e - s, True)
+            fence()
+
+    return element, chunked, streamed
 
 
 def copies(x):
     """The copy yardsticks on array x: name -> call. Destinations are allocated and touched here."""
-    element, chunked = _numba_copies()
+    element, chunked, streamed = _numba_copies()
     dst = np.zeros_like(x)
     return {"copy: numba prange": lambda: element(x, dst), "copy: np.copyto": lambda: np.copyto(dst, x),
-            "copy: numba chunked": lambda: chunked(x, dst)}
+            "copy: numba chunked": lambda: chunked(x, dst), "copy: numba streamed": lambda: streamed(x, dst)}
 
 
 def median_time(fn, repeats: int) -> float:
