@@ -259,7 +259,7 @@ def free_cpus(cpus: int | None = None, load: float | None = None) -> int:
             load = os.getloadavg()[0]
         except (AttributeError, OSError):
             return cpus
-    return max(1, min(cpus, cpus - int(load + 0.5)))
+    return max(1, min(cpus, cpus - int(load)))  # a core counts as busy once a whole process's load sits on it
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
