@@ -175,12 +175,13 @@ def default_threads(task_threads: int | None, ranks_here: int = 1) -> tuple[int,
     if task_threads is not None:
         return task_threads, None
     share = max(1, cpu_count() // ranks_here)
-    if ranks_here > 1:
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this OS: every core
         return share, None
-    free = free_cpus(share)
+    free = share if ranks_here > 1 else free_cpus(share, load)
     if free == share:
         return share, None
-    load = os.getloadavg()[0]
     return free, (f"the machine is busy (load average {load:.1f} on {share} CPUs): training on {free} "
                   f"thread{'s' if free > 1 else ''}; --threads {share} uses every core")
 

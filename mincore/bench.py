@@ -53,9 +53,9 @@ PLAUSIBLE_COPY = 1.0  # GB/s: a copy below this means the machine was busy, not 
 
 @functools.cache
 def _numba_copies():
-    """Three numba copies: an element-wise prange loop, 1024 chunks of slices (the old yardstick), and
-    the same chunks written with the kernels' non-temporal stores (numba_simd.store_row): without it
-    a kernel that streams its outputs could beat every copy and the yardstick would flatter it."""
+    """Two numba copies: an element-wise prange loop, and 1024 chunks written by the kernels' row store
+    (numba_simd.store_row), plainly (the old yardstick) or non-temporally (`stream`): without the
+    streamed one a kernel that streams its outputs could beat every copy and flatter itself."""
     from numba import njit, prange
 
     from .kernels import numba_threads  # noqa: F401 (the kernels' threading layer, chosen before any launch)
@@ -68,33 +68,25 @@ def _numba_copies():
             out[i] = x[i]
 
     @njit(parallel=True, nogil=True)
-    def chunked(x, out):
+    def chunked(x, out, stream):
         x, out = x.reshape(-1), out.reshape(-1)
         n, chunks = x.size, 1024
         for c in prange(chunks):
             s, e = c * n // chunks, (c + 1) * n // chunks
-            xs, os_ = x[s:e], out[s:e]
-            for i in range(xs.size):
-                os_[i] = xs[i]
-
-    @njit(parallel=True, nogil=True)
-    def streamed(x, out):
-        x, out = x.reshape(-1), out.reshape(-1)
-        n, chunks = x.size, 1024
-        for c in prange(chunks):
-            s, e = c * n // chunks, (c + 1) * n // chunks
-            store_row(out, np.uint64(s), x[s:e], e - s, True)
+            store_row(out, np.uint64(s), x[s:e], e - s, stream)  # plain stores unless `stream`
             fence()
 
-    return element, chunked, streamed
+    return element, chunked
 
 
-def copies(x):
-    """The copy yardsticks on array x: name -> call. Destinations are allocated and touched here."""
-    element, chunked, streamed = _numba_copies()
-    dst = np.zeros_like(x)
+def copies(x, dst=None):
+    """The copy yardsticks on array x: name -> call, all writing into `dst` (default: an array like x,
+    allocated and touched here)."""
+    element, chunked = _numba_copies()
+    dst = np.zeros_like(x) if dst is None else dst
     return {"copy: numba prange": lambda: element(x, dst), "copy: np.copyto": lambda: np.copyto(dst, x),
-            "copy: numba chunked": lambda: chunked(x, dst), "copy: numba streamed": lambda: streamed(x, dst)}
+            "copy: numba chunked": lambda: chunked(x, dst, False),
+            "copy: numba streamed": lambda: chunked(x, dst, True)}
 
 
 def median_time(fn, repeats: int) -> float:

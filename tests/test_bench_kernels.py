@@ -144,8 +144,7 @@ def test_every_copy_yardstick_copies(shape):
     from mincore.bench import copies
 
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    for name, call in copies(x).items():
-        dst = call.__closure__  # the destination is the copy's own; read it back through a fresh call
+    for name, call in copies(x, dst := np.zeros_like(x)).items():
+        dst[...] = 0
         call()
-        out = [c.cell_contents for c in dst if isinstance(c.cell_contents, np.ndarray) and c.cell_contents is not x]
-        assert len(out) == 1 and np.array_equal(out[0], x), name
+        assert np.array_equal(dst, x), name
