@@ -42,11 +42,10 @@ def generate(path, prompt, tokens, temperature, top_k, seed, samples, step_mode,
     """
     import time
 
+    from mincore.backend import cpu_threads
     from mincore.generation import generate_tokens
     from mincore.inference import fused_stepper
     from mincore.tasks.shakespeare import load_model
-
-    from .train import cpu_threads
 
     warn_threads(threads)
     model, vocab, _ = load_model(path, engine)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -10,6 +9,7 @@ import sys
 
 import click
 
+from mincore.backend import cpu_threads
 from mincore.tasks import TASKS
 
 from .options import (
@@ -212,25 +212,6 @@ def _check_loop_state(loop, path):
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise ValueError(f"{path}: random state {i} of the training-loop state cannot be restored "
                              f"({type(e).__name__}: {e})") from None
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int):
-    """Limit BLAS (threadpoolctl) and numba's parallel kernels to n threads for the block, at most the
-    CPUs this process may use (more threads than CPUs only add switching: warn_threads says so)."""
-    import numba
-    from threadpoolctl import threadpool_limits
-
-    from mincore.backend import cpu_count
-
-    n = min(n, cpu_count())
-    old = numba.get_num_threads()
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    try:
-        with threadpool_limits(limits=n):
-            yield
-    finally:
-        numba.set_num_threads(old)
 
 
 @click.command(name="eval")

@@ -19,6 +19,7 @@ and a tuple DTYPES of the real dtypes it accepts (complex support follows the re
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -260,6 +261,32 @@ def free_cpus(cpus: int | None = None, load: float | None = None) -> int:
         except (AttributeError, OSError):
             return cpus
     return max(1, min(cpus, cpus - int(load)))  # a core counts as busy once a whole process's load sits on it
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None, torch=None):
+    """Limit BLAS (threadpoolctl), numba's parallel kernels and, given its module, torch to n threads
+    for the block, at most the CPUs this process may use (more threads than CPUs only add switching);
+    None leaves them as they are. On a busy machine every extra thread waits for a core at each
+    hand-off (free_cpus)."""
+    if n is None:
+        yield
+        return
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    n = min(n, cpu_count())
+    old = numba.get_num_threads(), torch.get_num_threads() if torch is not None else None
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    if torch is not None:
+        torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        numba.set_num_threads(old[0])
+        if torch is not None:
+            torch.set_num_threads(old[1])
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h

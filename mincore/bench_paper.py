@@ -18,12 +18,13 @@ torch, torch.cuda.max_memory_allocated.
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 import tracemalloc
 
 import numpy as np
+
+from .backend import cpu_threads
 
 MODELS = ("mingru", "minlstm", "gru", "lstm", "torch-mingru", "torch-gru", "torch-lstm")
 SEQUENTIAL = ("gru", "lstm", "torch-gru", "torch-lstm")
@@ -238,29 +239,6 @@ def models_at(T: int, models, sequential_max: int, torch) -> list[str]:
     """The models timed at length T: sequential ones up to sequential_max, torch's when it imports."""
     return [m for m in models if (m not in SEQUENTIAL or T <= sequential_max)
             and (torch is not None or not m.startswith("torch"))]
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int | None, torch):
-    """At most n CPU threads for BLAS (threadpoolctl), numba's kernels and torch in the block (None:
-    as they are). On a busy machine a second BLAS thread waits for a core at every hand-off."""
-    if n is None:
-        yield
-        return
-    import numba
-    from threadpoolctl import threadpool_limits
-
-    old = numba.get_num_threads(), torch.get_num_threads() if torch is not None else None
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    if torch is not None:
-        torch.set_num_threads(n)
-    try:
-        with threadpool_limits(limits=n):
-            yield
-    finally:
-        numba.set_num_threads(old[0])
-        if torch is not None:
-            torch.set_num_threads(old[1])
 
 
 def run(device="cpu", lengths=LENGTHS + LONG_LENGTHS, batch=BATCH, hidden=HIDDEN, repeats=REPEATS,

@@ -56,7 +56,7 @@ def test_samples_are_generated_as_one_batch(checkpoint):
 
 
 def test_threads_are_limited_and_checked(checkpoint, monkeypatch):
-    from mincore.cli import train as T
+    from mincore import backend as T
 
     seen, orig = [], T.cpu_threads
     monkeypatch.setattr(T, "cpu_threads", lambda n: (seen.append(n), orig(n))[1])
