@@ -222,17 +222,12 @@ def load_model(path, engine: str | None = None):
 
 
 def _sample(logits: np.ndarray, rng, temperature: float, top_k: int | None) -> int:
-    """One draw from softmax(logits / temperature) restricted to the top_k largest (greedy at T = 0)."""
-    z = np.asarray(logits, np.float64)
-    if temperature <= 0:
-        return int(z.argmax())
-    with np.errstate(over="ignore"):  # shifted first: a tiny temperature gives -inf, never inf - inf = nan
-        z = (z - z.max()) / temperature
-    if top_k and top_k < z.size:
-        z = np.where(z < np.partition(z, -top_k)[-top_k], -np.inf, z)
-    p = np.exp(z)
-    c = np.cumsum(p)
-    return int(min(np.searchsorted(c, rng.random() * c[-1], side="right"), z.size - 1))
+    """One draw from softmax(logits / temperature) restricted to the top_k largest (greedy at T = 0),
+    with the same arithmetic as the fused generator (mincore.generation.sample_rows)."""
+    from mincore.generation import sample_rows
+
+    u = rng.random() if temperature > 0 else 0.0  # greedy draws nothing, as before
+    return int(sample_rows(np.asarray(logits)[None], (u,), temperature, top_k)[0])
 
 
 @no_grad()
