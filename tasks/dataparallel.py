@@ -54,10 +54,12 @@ def data_parallel(world, model, params, xp):
 
 def agree(world, sums: dict, flag: dict, signals) -> dict:
     """The training metrics' means over the ranks; flag["stop"] set on every rank to a signal (one of
-    `signals`, names) that any rank received, so that all ranks stop after the same step."""
-    total = world.sum([*sums.values(), *(flag["stop"] == n for n in signals)], "sum of the step's metrics")
-    if not flag["stop"]:
-        flag["stop"] = next((n for n, c in zip(signals, total[len(sums):], strict=True) if c), None)
+    `signals`, names) that any rank had received (flag["received"]) when it reached this sum, so that
+    all ranks stop after the same step. A signal that lands after the sum counts at the next step's:
+    deciding on the local flag instead would let one rank stop a step before the others, which then
+    wait in the next all-reduce for a rank that has left the loop."""
+    total = world.sum([*sums.values(), *(flag["received"] == n for n in signals)], "sum of the step's metrics")
+    flag["stop"] = next((n for n, c in zip(signals, total[len(sums):], strict=True) if c), None)
     return {k: v / world.size for k, v in zip(sums, total, strict=False)}
 
 

@@ -120,7 +120,7 @@ class _Training:
 
     def __init__(self, task, cfg, files, meta, world):
         self.task, self.cfg, self.meta, self.model, self.files = task, cfg, meta, task.model, files
-        self.world, self.allreduce, self.flag = world, None, {"stop": None}
+        self.world, self.allreduce, self.flag = world, None, {"stop": None, "received": None}
         self.opt = optim.AdamW(task.param_groups(), lr=cfg.lr, betas=tuple(cfg.betas))
         self.data_rng = np.random.default_rng((cfg.seed, 1))  # model init uses (seed); data its own stream
         self.step, self.wall0, self.best, self.bad_evals = 0, 0.0, None, 0
@@ -214,6 +214,8 @@ class _Training:
             self.allreduce()
             sums["allreduce_seconds"] = time.perf_counter() - t0
             sums = dataparallel.agree(w, sums, self.flag, [s.name for s in _STOP_SIGNALS])
+        else:
+            self.flag["stop"] = self.flag["received"]
         norm = optim.clip_grad_norm(self.model.parameters(), self.cfg.clip if self.cfg.clip > 0 else math.inf)
         stats = {"split": "train", "loss": sums["loss"], "grad_norm": norm}
         if not math.isfinite(sums["loss"]):
@@ -327,15 +329,16 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what `kill`, sche
 
 @contextlib.contextmanager
 def _stop_flag():
-    """The first SIGINT or SIGTERM sets flag["stop"] to its name (the loop finishes its step,
-    checkpoints and returns); a second one interrupts at once. Outside the main thread the default
+    """The first SIGINT or SIGTERM sets flag["received"] to its name; the step turns it into
+    flag["stop"] at one agreed point (every rank's, under MPI), then the loop finishes that step,
+    checkpoints and returns. A second signal interrupts at once. Outside the main thread the default
     handlers stay."""
-    flag = {"stop": None}
+    flag = {"stop": None, "received": None}
 
     def handler(signum, frame):
-        if flag["stop"]:
+        if flag["received"]:
             raise KeyboardInterrupt
-        flag["stop"] = signal.Signals(signum).name
+        flag["received"] = signal.Signals(signum).name
     prev = {}
     with contextlib.suppress(ValueError):  # not the main thread: the first signal.signal refuses
         for sig in _STOP_SIGNALS:

@@ -107,3 +107,35 @@ def test_mpi_sum_against_numpy(dtype):
     buf = (np.arange(1000) * (W.rank + 1)).astype(dtype)
     MpiSum(W)(buf, "test sum")
     np.testing.assert_array_equal(buf, (np.arange(1000) * (W.size * (W.size + 1) // 2)).astype(dtype))
+
+
+@pytest.mark.parametrize("landing", ["before", "after"])
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tmp_path, monkeypatch, landing):
+    """SIGTERM on rank 1 alone, landing just before or just after the step's agreed sum: every rank
+    stops after one and the same step (the step of the sum that saw it), none waits in an all-reduce
+    for a rank that has left the loop."""
+    import os
+    import signal
+
+    from mincore.tasks import copy as C
+    from mincore.tasks import dataparallel, loop
+
+    agree, calls = dataparallel.agree, [0]
+
+    def agree_with_a_signal(world, sums, flag, signals):
+        calls[0] += 1
+        hit = W.rank == 1 and calls[0] == 3
+        if hit and landing == "before":
+            os.kill(os.getpid(), signal.SIGTERM)
+        out = agree(world, sums, flag, signals)
+        if hit and landing == "after":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+    monkeypatch.setattr(dataparallel, "agree", agree_with_a_signal)
+    cfg = C.config("default", seq_len=8, n_data=2, d_model=8, n_layers=2, batch_size=2, eval_size=4,
+                   eval_batch=2, steps=8, eval_every=4, warmup=1)
+    out = W.bcast(str(tmp_path))  # rank 0's folder: the one the run writes
+    s = loop.train(C.CopyTask(cfg), cfg, out, task_name="copy", progress=False)
+    want = 3 if landing == "before" else 4
+    assert (s["status"], s["signal"], s["steps"]) == ("interrupted", "SIGTERM", want)
+    assert W.sum([s["steps"]]) == [W.size * want]
