@@ -1,17 +1,23 @@
 """Collect D4RL-kind datasets locally: gymnasium MuJoCo v5 + behaviour policies trained by ARS.
 
 The D4RL files cannot be downloaded everywhere, so mincore makes datasets of the same layout and
-kinds (Fu et al. 2020) with behaviour policies from Augmented Random Search (Mania et al. 2018, ARS
-V2: linear policy a = clip(M (s - mu) / sigma, -1, 1) on running-normalised states; each iteration
-tries N directions +-noise, keeps the best b by max(r+, r-), M += step / (b sigma_R) sum (r+ - r-) delta;
-hopper / walker2d subtract the alive bonus during training, as in the ARS paper):
+kinds (Fu et al. 2020) with behaviour policies from Augmented Random Search V2-t (tasks/rl/ars.py:
+linear policies on running-normalised states), at D4RL's levels in absolute terms:
     random         uniform random actions
-    medium         rollouts of the first ARS snapshot whose D4RL-normalised evaluation return reaches
-                   `medium_fraction` (1/3) of the best one reached
+    medium         rollouts of the first ARS snapshot whose noise-free evaluation return reaches the
+                   medium level: `medium_level` (D4RL-normalised; default MEDIUM_LEVEL[env], the mean
+                   normalised episode return of D4RL's v2 medium dataset of that environment)
     medium-replay  every training rollout ARS made up to and including that snapshot's iteration
-    medium-expert  medium plus as many transitions from the best snapshot
-Behaviour rollouts add Gaussian action noise (`action_noise`) like D4RL's stochastic SAC policies.
-One ARS run (cached in the rl/ folder of mincore.tasks.cache_dir()) serves all kinds of an env/seed.
+    medium-expert  medium plus as many transitions from the expert: the best-evaluated snapshot of the
+                   run continued `expert_iterations` iterations past the medium one (a fixed count,
+                   so the expert's level is what ARS reaches then; the file records it)
+ARS stops as soon as what the kind needs exists: the medium snapshot (medium, medium-replay), then
+`expert_iterations` more (medium-expert). If the medium level is not reached within `ars_iterations`
+iterations, collection stops with an error naming the best level reached (the run is cached, so a
+larger `ars_iterations` continues it). Behaviour rollouts add Gaussian action noise (`action_noise`)
+like D4RL's stochastic SAC policies; that lowers the dataset's mean return below the noise-free
+evaluation return that picked the snapshot. One ARS run (cached in the rl/ folder of
+mincore.tasks.cache_dir()) serves all kinds of an env / seed / ARS settings.
 """
 
 from __future__ import annotations
@@ -19,20 +25,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .. import cache_dir as user_cache
+from . import ars
 from . import data as rl_data
 
-__all__ = ["ENVS", "KINDS", "CollectConfig", "require_gym", "make_env", "collect", "cache_dir", "train_ars"]
+__all__ = ["ENVS", "KINDS", "CollectConfig", "require_gym", "make_env", "collect", "cache_dir", "train_ars",
+           "MEDIUM_LEVEL", "default_workers"]
 
 ENVS = {"halfcheetah": "HalfCheetah-v5", "hopper": "Hopper-v5", "walker2d": "Walker2d-v5"}
 KINDS = ("random", "medium", "medium-replay", "medium-expert")
-ALIVE_BONUS = {"halfcheetah": 0.0, "hopper": 1.0, "walker2d": 1.0}
 
 
 def require_gym():
@@ -72,19 +78,28 @@ def _route_mujoco_warnings():
         mujoco.set_mju_user_warning(warn)
 
 
+# D4RL-normalised mean episode return of D4RL's v2 medium datasets (halfcheetah-medium-v2 40.7,
+# hopper-medium-v2 44.3, walker2d-medium-v2 62.1: the dataset rows tabulated with the D4RL v2 results,
+# e.g. in the CORL benchmark, Tarasov et al. 2022); the first snapshot whose noise-free evaluation reaches it
+# is the medium policy
+MEDIUM_LEVEL = {"halfcheetah": 40.7, "hopper": 44.3, "walker2d": 62.1}
+
+
 @dataclass(frozen=True)
 class CollectConfig:
     env: str = "halfcheetah"       # halfcheetah | hopper | walker2d
     kind: str = "medium-replay"    # random | medium | medium-replay | medium-expert
     seed: int = 0                  # ARS directions, environment resets and action noise
-    ars_iterations: int = 60       # ARS training iterations (2 * directions + 1 rollouts each)
-    directions: int = 8            # N: perturbation directions per iteration
+    ars_iterations: int = 1000     # at most this many ARS iterations to reach the medium level
+    # ARS V2-t for HalfCheetah in Mania et al. 2018 (Table 9): N = 32, b = 4, alpha = 0.02, nu = 0.03
+    directions: int = 32           # N: perturbation directions per iteration (2N rollouts each)
     top: int = 4                   # b: best directions used in the update
     step_size: float = 0.02        # alpha
     noise: float = 0.03            # nu: perturbation scale
     horizon: int = 1000            # episode time limit (steps)
     transitions: int = 100_000     # transitions for random / medium (and per half of medium-expert)
-    medium_fraction: float = 1 / 3  # medium = first snapshot reaching this fraction of the best score
+    medium_level: float | None = None  # D4RL-normalised evaluation return of the medium snapshot (None: MEDIUM_LEVEL)
+    expert_iterations: int = 100   # medium-expert: ARS iterations past the medium snapshot; expert = best of them
     action_noise: float = 0.1      # std of Gaussian noise on behaviour actions (medium, expert)
 
     def validate(self):
@@ -92,10 +107,19 @@ class CollectConfig:
             raise ValueError(f"env: unknown {self.env!r}; expected one of {', '.join(ENVS)}")
         if self.kind not in KINDS:
             raise ValueError(f"kind: unknown {self.kind!r}; expected one of {', '.join(KINDS)}")
-        if min(self.ars_iterations, self.directions, self.top, self.horizon, self.transitions) < 1 \
-                or self.top > self.directions:
-            raise ValueError("ars_iterations, directions, horizon, transitions must be >= 1 and "
-                             f"1 <= top <= directions; got {self}")
+        if min(self.ars_iterations, self.directions, self.top, self.horizon, self.transitions,
+               self.expert_iterations) < 1 or self.top > self.directions:
+            raise ValueError("ars_iterations, directions, horizon, transitions, expert_iterations must be >= 1 "
+                             f"and 1 <= top <= directions; got {self}")
+        if self.medium_level is not None and not np.isfinite(self.medium_level):
+            raise ValueError(f"medium_level: expected a finite D4RL-normalised level or None; got {self.medium_level}")
+        if not (np.isfinite(self.action_noise) and self.action_noise >= 0):
+            raise ValueError(f"action_noise: expected a finite std >= 0; got {self.action_noise}")
+
+    @property
+    def level(self) -> float:
+        """The medium level in force (D4RL-normalised)."""
+        return MEDIUM_LEVEL[self.env] if self.medium_level is None else float(self.medium_level)
 
 
 def cache_dir() -> Path:
@@ -109,28 +133,55 @@ def _key(d: dict) -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
-class _Stats:
-    """Running mean / std of states (Welford, merged per batch), as ARS V2."""
+def default_workers() -> int:
+    """Processes for the lockstep rollouts: the cores other work leaves free (mincore.backend.free_cpus),
+    at most 2; a second process on a busy core only adds switching."""
+    from mincore.backend import free_cpus
 
-    def __init__(self, n):
-        self.count, self.mean, self.m2 = 0, np.zeros(n), np.zeros(n)
+    return min(2, free_cpus())
 
-    def update(self, x):
-        n, mu = len(x), x.mean(0)
-        if n == 0:
-            return
-        d, tot = mu - self.mean, self.count + n
-        self.m2 += ((x - mu) ** 2).sum(0) + d ** 2 * self.count * n / tot
-        self.mean += d * n / tot
-        self.count = tot
 
-    @property
-    def std(self):
-        return np.sqrt(self.m2 / self.count) + 1e-2 if self.count > 1 else np.ones_like(self.mean)
+def ars_run(cfg: CollectConfig) -> ars.ARSRun:
+    """The cached ARS run of cfg (its folder is keyed by env, seed and the ARS hyperparameters)."""
+    fields = {k: getattr(cfg, k) for k in ("env", "seed", "directions", "top", "step_size", "noise", "horizon")}
+    return ars.ARSRun(**fields, folder=cache_dir() / f"ars-{cfg.env}-{_key(fields)}")
+
+
+def _medium_iteration(cfg, evals):
+    hit = np.flatnonzero(rl_data.normalized_score(cfg.env, evals) >= cfg.level)
+    return int(hit[0]) if len(hit) else None
+
+
+def train_ars(cfg: CollectConfig, progress: bool = True, *, expert: bool = False, workers: int | None = None) -> dict:
+    """ARS V2-t (cached, resumed when it must go further) until the medium snapshot exists (and, with
+    `expert`, `expert_iterations` iterations past it): the run's state (ars.ARSRun.load) plus
+    `medium_iteration` and, with `expert`, `best_iteration`. A ValueError when the medium level is not
+    reached within cfg.ars_iterations."""
+    run = ars_run(cfg)
+    level = lambda ev: rl_data.normalized_score(cfg.env, ev)  # noqa: E731
+    with ars.Rollouts(cfg.env, cfg.horizon, workers or default_workers()) as roll:
+        s = run.train(lambda ev: _medium_iteration(cfg, ev) is not None, cfg.ars_iterations, roll, level, progress)
+        med = _medium_iteration(cfg, s["eval_returns"][: cfg.ars_iterations])
+        if med is None:
+            ev = s["eval_returns"][: cfg.ars_iterations]
+            best = int(np.argmax(ev))
+            raise ValueError(
+                f"ars_iterations: ARS did not reach the medium level {cfg.level:.1f} (D4RL-normalised) in "
+                f"{len(ev)} iterations; the best evaluation was {float(level(ev[best])):.1f} (return "
+                f"{ev[best]:.0f}, iteration {best}); raise --ars-iterations (the run is cached and continues) "
+                "or lower the medium level")
+        end = med + 1 + cfg.expert_iterations
+        if expert:
+            s = run.train(lambda ev: len(ev) >= end, end, roll, level, progress)
+    s["medium_iteration"] = med
+    if expert:
+        s["best_iteration"] = int(np.argmax(s["eval_returns"][:end]))
+    return s
 
 
 def rollout(env, act, seed):
-    """One episode: act(obs) -> action. Returns D4RL arrays of the episode and its return."""
+    """One episode: act(obs) -> action (env: a gymnasium env with its time limit). Returns D4RL arrays
+    of the episode and its return: the sequential reference for ars.lockstep."""
     o, _ = env.reset(seed=int(seed))
     obs, acts, rews, terms, touts = [], [], [], [], []
     while True:
@@ -149,83 +200,42 @@ def _concat(eps):
     return {k: np.concatenate([e[k] for e in eps]) for k in rl_data.KEYS}
 
 
-def _linear(M, mu, sd, noise=0.0, rng=None):
-    def act(o):
-        a = M @ ((o - mu) / sd)
-        if noise:
-            a = a + noise * rng.standard_normal(a.shape)
-        return np.clip(a, -1.0, 1.0)
-    return act
-
-
-def train_ars(cfg: CollectConfig, progress: bool = True) -> dict:
-    """ARS V2 (cached): per-iteration snapshots (M, mu, sigma), evaluation returns, training rollouts."""
+def _random_episodes(cfg, rng, progress):
     from tqdm.auto import tqdm
 
-    fields = {k: getattr(cfg, k) for k in ("env", "seed", "ars_iterations", "directions", "top", "step_size",
-                                           "noise", "horizon")}
-    path = cache_dir() / f"ars-{cfg.env}-{_key(fields)}.npz"
-    if path.exists():
-        z = np.load(path)
-        return {k: z[k] for k in z.files}
-    env, rng = make_env(cfg.env, cfg.horizon), np.random.default_rng((cfg.seed, 7))
-    n_obs, n_act = env.observation_space.shape[0], env.action_space.shape[0]
-    M, stats, shift = np.zeros((n_act, n_obs)), _Stats(n_obs), ALIVE_BONUS[cfg.env]
-    snaps, evals, replay, it_of = [], [], [], []
-    for it in tqdm(range(cfg.ars_iterations), desc=f"ARS {cfg.env}", disable=not progress, unit="it"):
-        mu, sd = stats.mean.copy(), stats.std
-        deltas = rng.standard_normal((cfg.directions, n_act, n_obs))
-        r = np.zeros((cfg.directions, 2))
-        for k in range(cfg.directions):
-            for j, sign in enumerate((1.0, -1.0)):
-                ep, _ = rollout(env, _linear(M + sign * cfg.noise * deltas[k], mu, sd), rng.integers(2**31))
-                r[k, j] = ep["rewards"].sum() - shift * len(ep["rewards"])
-                replay.append(ep), it_of.append(it)
-                stats.update(ep["observations"].astype(np.float64))
-        best = np.argsort(-r.max(1))[: cfg.top]
-        sigma = r[best].std() + 1e-8
-        M = M + cfg.step_size / (cfg.top * sigma) * np.einsum("k,kij->ij", r[best, 0] - r[best, 1], deltas[best])
-        mu, sd = stats.mean.copy(), stats.std
-        _, ret = rollout(env, _linear(M, mu, sd), 10_000 + it)  # fixed evaluation seeds
-        snaps.append(np.concatenate([M.ravel(), mu, sd])), evals.append(ret)
-    data = _concat(replay)
-    lens = np.array([len(e["rewards"]) for e in replay])
-    out = {"snapshots": np.array(snaps), "eval_returns": np.array(evals), "n_obs": np.array(n_obs),
-           "n_act": np.array(n_act), "rollout_iteration": np.array(it_of), "rollout_lengths": lens, **data}
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **out)
-    os.replace(tmp, path)
-    return out
-
-
-def _episodes(env, act, transitions, rng, desc, progress):
-    """Episodes of policy `act` until `transitions` steps are collected (whole episodes)."""
-    from tqdm.auto import tqdm
-
+    env = make_env(cfg.env, cfg.horizon)
+    lo, hi = env.action_space.low, env.action_space.high
     eps, n = [], 0
-    with tqdm(total=transitions, desc=desc, unit="step", disable=not progress) as bar:
-        while n < transitions:
-            ep, _ = rollout(env, act, rng.integers(2**31))
+    with tqdm(total=cfg.transitions, desc="random", unit="step", disable=not progress) as bar:
+        while n < cfg.transitions:
+            ep, _ = rollout(env, lambda o: rng.uniform(lo, hi), rng.integers(2**31))
             eps.append(ep)
             n += len(ep["rewards"])
-            bar.update(min(len(ep["rewards"]), transitions - bar.n))
+            bar.update(min(len(ep["rewards"]), cfg.transitions - bar.n))
     return eps
 
 
-def _policy_rollouts(cfg, env, snap, n_obs, n_act, transitions, rng, desc, progress):
-    M, mu, sd = snap[: n_act * n_obs].reshape(n_act, n_obs), snap[n_act * n_obs:-n_obs], snap[-n_obs:]
-    return _episodes(env, _linear(M, mu, sd, cfg.action_noise, rng), transitions, rng, desc, progress)
+def _policy_rollouts(cfg, roll, snap, n_obs, n_act, rng, desc, progress):
+    """Noisy rollouts of snapshot `snap`, whole episodes, in lockstep batches of 2 * directions, until
+    cfg.transitions steps are collected."""
+    from tqdm.auto import tqdm
+
+    M, mu, sd = ars.policy_of(snap, n_obs, n_act)
+    eps, n, batch = [], 0, 2 * cfg.directions
+    with tqdm(total=cfg.transitions, desc=desc, unit="step", disable=not progress) as bar:
+        while n < cfg.transitions:
+            seeds = rng.integers(2**31, size=min(batch, -(-(cfg.transitions - n) // cfg.horizon)))
+            for ep in roll(np.broadcast_to(M, (len(seeds), *M.shape)), mu, sd, seeds, cfg.action_noise):
+                if n < cfg.transitions:  # whole episodes, in seed order
+                    eps.append(ep)
+                    n += len(ep["rewards"])
+            bar.update(min(n, cfg.transitions) - bar.n)
+    return eps
 
 
-def _replay_episodes(ars, upto_iteration):
-    ends = np.cumsum(ars["rollout_lengths"])
-    keep = np.flatnonzero(ars["rollout_iteration"] <= upto_iteration)
-    starts = ends - ars["rollout_lengths"]
-    return [{k: ars[k][starts[i]:ends[i]] for k in rl_data.KEYS} for i in keep]
-
-
-def collect(cfg: CollectConfig, out=None, *, progress: bool = True) -> Path:
-    """Make (or reuse, when `out` holds a dataset of the same settings) a D4RL-layout file; its path."""
+def collect(cfg: CollectConfig, out=None, *, progress: bool = True, workers: int | None = None) -> Path:
+    """Make (or reuse, when `out` holds a dataset of the same settings) a D4RL-layout file; its path.
+    `workers`: processes for the rollouts (default: default_workers()); the file is the same for any."""
     cfg.validate()
     settings = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
     out = Path(out) if out is not None else cache_dir() / f"{cfg.env}-{cfg.kind}-{_key(dataclasses.asdict(cfg))}.h5"
@@ -235,34 +245,45 @@ def collect(cfg: CollectConfig, out=None, *, progress: bool = True) -> Path:
         with h5safe.open_file(out, what="D4RL-layout file") as f:
             if h5safe.read_attr(f, "collect_config", source=str(out)) == settings:
                 return out
-    env, rng = make_env(cfg.env, cfg.horizon), np.random.default_rng((cfg.seed, 11))
+    rng = np.random.default_rng((cfg.seed, 11))
     attrs = {"env": cfg.env, "env_id": ENVS[cfg.env], "kind": cfg.kind, "collect_config": settings,
              "source": "mincore rl collect (gymnasium MuJoCo v5)"}
     if cfg.kind == "random":
-        lo, hi = env.action_space.low, env.action_space.high
-        eps = _episodes(env, lambda o: rng.uniform(lo, hi), cfg.transitions, rng, "random", progress)
+        eps = _random_episodes(cfg, rng, progress)
         attrs["how"] = "uniform random actions in the action box"
     else:
-        ars = train_ars(cfg, progress)
-        n_obs, n_act = int(ars["n_obs"]), int(ars["n_act"])
-        score = rl_data.normalized_score(cfg.env, ars["eval_returns"])
-        best_it = int(np.argmax(score))
-        med_it = int(np.flatnonzero(score >= cfg.medium_fraction * score[best_it])[0])
-        attrs.update(ars_eval_returns=ars["eval_returns"], medium_iteration=med_it, best_iteration=best_it,
-                     medium_eval_return=float(ars["eval_returns"][med_it]),
-                     best_eval_return=float(ars["eval_returns"][best_it]))
-        if cfg.kind == "medium-replay":
-            eps = _replay_episodes(ars, med_it)
-            attrs["how"] = f"every ARS training rollout of iterations 0..{med_it} (the medium policy's)"
-        else:
-            eps = _policy_rollouts(cfg, env, ars["snapshots"][med_it], n_obs, n_act, cfg.transitions, rng,
-                                   "medium", progress)
-            attrs["how"] = (f"rollouts of ARS iteration {med_it}'s linear policy (first to reach "
-                            f"{cfg.medium_fraction:.3g} of the best normalised score), action noise {cfg.action_noise}")
-            if cfg.kind == "medium-expert":
-                eps += _policy_rollouts(cfg, env, ars["snapshots"][best_it], n_obs, n_act, cfg.transitions, rng,
-                                        "expert", progress)
-                attrs["how"] += f"; plus as many from the best policy (iteration {best_it})"
+        eps = _from_ars(cfg, rng, attrs, progress, workers)
     attrs["behaviour_returns"] = np.array([float(e["rewards"].sum()) for e in eps])
+    attrs["behaviour_normalized_mean"] = float(rl_data.normalized_score(cfg.env, attrs["behaviour_returns"].mean()))
     rl_data.save(out, _concat(eps), attrs)
     return out
+
+
+def _from_ars(cfg, rng, attrs, progress, workers):
+    """Episodes of the medium kinds, attributes saying which snapshots at which levels."""
+    s = train_ars(cfg, progress, expert=cfg.kind == "medium-expert", workers=workers)
+    n_obs, n_act, med = int(s["n_obs"]), int(s["n_act"]), s["medium_iteration"]
+    ev, norm = s["eval_returns"], lambda r: float(rl_data.normalized_score(cfg.env, r))
+    attrs.update(ars_eval_returns=ev[: med + 1 + (cfg.expert_iterations if cfg.kind == "medium-expert" else 0)],
+                 medium_iteration=med, medium_eval_return=float(ev[med]), medium_level=cfg.level,
+                 medium_eval_normalized=norm(ev[med]))
+    if cfg.kind == "medium-replay":
+        attrs["how"] = f"every ARS training rollout of iterations 0..{med} (the medium policy's)"
+        return run_replay(cfg, med)
+    with ars.Rollouts(cfg.env, cfg.horizon, workers or default_workers()) as roll:
+        eps = _policy_rollouts(cfg, roll, s["snapshots"][med], n_obs, n_act, rng, "medium", progress)
+        attrs["how"] = (f"rollouts of ARS iteration {med}'s linear policy (the first whose evaluation reached "
+                        f"the D4RL-normalised level {cfg.level:.1f}), action noise {cfg.action_noise}")
+        if cfg.kind == "medium-expert":
+            best = s["best_iteration"]
+            eps += _policy_rollouts(cfg, roll, s["snapshots"][best], n_obs, n_act, rng, "expert", progress)
+            attrs.update(best_iteration=best, best_eval_return=float(ev[best]), expert_level=norm(ev[best]))
+            attrs["how"] += (f"; plus as many from the expert: the best evaluated policy up to "
+                             f"{cfg.expert_iterations} iterations past it (iteration {best}, "
+                             f"level {norm(ev[best]):.1f})")
+    return eps
+
+
+def run_replay(cfg: CollectConfig, upto: int) -> list[dict]:
+    """The cached ARS run's training rollouts of iterations 0..upto."""
+    return ars_run(cfg).replay(upto)
