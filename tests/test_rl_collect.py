@@ -23,7 +23,8 @@ except RuntimeError as e:
     HAVE_GYM, WHY = False, str(e)
 needs_gym = pytest.mark.skipif(not HAVE_GYM, reason=f"gymnasium[mujoco] not importable: {WHY}")
 
-TINY = dict(env="hopper", ars_iterations=2, directions=2, top=1, horizon=20, transitions=60)
+TINY = dict(env="hopper", ars_iterations=2, directions=2, top=1, horizon=20, transitions=60, medium_level=-100.0,
+            expert_iterations=1)
 
 
 @pytest.fixture(autouse=True)
@@ -90,6 +91,7 @@ def test_train_rl_smoke_through_the_cli(tmp_path, monkeypatch):
     tiny = rl.config("default", d_model=16, K=4, steps=2, bc_steps=2, batch_size=4, eval_every=2,
                      eval_windows=8, eval_episodes=2, horizon=20, ars_iterations=2, transitions=60)
     monkeypatch.setitem(rl.PRESETS, "default", tiny)
+    monkeypatch.setitem(rl_collect.MEDIUM_LEVEL, "hopper", -100.0)  # two tiny ARS iterations reach it
     out = tmp_path / "run"
     r = CliRunner().invoke(main, ["train", "--task", "rl", "--env", "hopper", "--kind", "medium", "--quiet",
                                   "--out", str(out)], catch_exceptions=False)
