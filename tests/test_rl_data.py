@@ -84,3 +84,25 @@ def test_not_hdf5(tmp_path):
 def test_normalized_score():
     lo, hi = rl_data.REF_MIN_MAX["hopper"]
     np.testing.assert_allclose(rl_data.normalized_score("hopper", [lo, hi]), [0, 100])
+
+
+def test_best_episodes_fill_the_share_of_steps_best_first(tmp_path):
+    """%BC's data (Decision Transformer's selection): whole episodes by return, best first, while their
+    steps stay within the share of all steps; at least the best episode."""
+    _write(tmp_path / "d.h5")  # episodes of 4, 3, 3 steps with returns 6, 15, 24
+    ds = rl_data.load(tmp_path / "d.h5")
+    assert ds.best_episodes(0.1).tolist() == [2]      # 1 step allowed: the best episode alone
+    assert ds.best_episodes(0.6).tolist() == [1, 2]   # 6 steps: returns 24 and 15
+    assert ds.best_episodes(0.65).tolist() == [1, 2]  # the next (4 steps) would exceed 6
+    assert ds.best_episodes(1.0).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="fraction"):
+        ds.best_episodes(0.0)
+
+
+def test_read_dispatches_files_and_minari_ids(tmp_path, monkeypatch):
+    from mincore.tasks.rl import minari_io
+
+    _write(tmp_path / "d.h5")
+    assert len(rl_data.read(str(tmp_path / "d.h5"))) == 10
+    monkeypatch.setattr(minari_io, "load", lambda spec: ("minari", spec))
+    assert rl_data.read("minari:a/b-v0") == ("minari", "minari:a/b-v0")

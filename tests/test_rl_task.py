@@ -3,6 +3,9 @@ builds unchanged and takes a training step; presets follow the paper's per-datas
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -82,3 +85,77 @@ def test_force_replaces_a_run(tmp_path, monkeypatch):
     assert s["steps"] == 2 and s["scored"]
     with pytest.raises(ValueError, match="resume=True .* force=True"):
         rl.train(cfg, out, resume=True, force=True, progress=False)
+
+
+def _returns_file(path, n_eps=10, length=10):
+    """hopper-shaped data whose episode i earns reward i per step (returns rise with i)."""
+    n = n_eps * length
+    rng = np.random.default_rng(1)
+    with h5py.File(path, "w") as f:
+        f["observations"] = rng.standard_normal((n, 11)).astype(np.float32)
+        f["actions"] = rng.uniform(-1, 1, (n, 3)).astype(np.float32)
+        f["rewards"] = np.repeat(np.arange(n_eps, dtype=np.float32), length)
+        f["terminals"] = np.zeros(n, bool)
+        f["timeouts"] = np.arange(n) % length == length - 1
+        f.attrs["env"] = "hopper"
+    return str(path)
+
+
+def test_pbc_trains_on_the_best_episodes_with_all_training_statistics(tmp_path):
+    path = _returns_file(tmp_path / "d.h5", n_eps=20)
+    cfg = rl.config("default", model="pbc", env="hopper", dataset=path, val_fraction=0.1, eval_windows=4,
+                    pbc_fraction=0.2)
+    task, bc = rl.RLTask(cfg), rl.RLTask(dataclasses.replace(cfg, model="bc"))
+    full = bc.train_data  # 18 training episodes (2 held out)
+    assert len(full.episodes) == 18 and len(task.train_data.episodes) == 3  # 20% of 180 steps: 3 episodes
+    assert task.train_data.returns.min() > np.sort(full.returns)[-4]  # the 3 best training episodes
+    np.testing.assert_array_equal(task.train_data.state_mean, full.state_mean)
+    assert task.K == 1 and type(task.model).__name__ == "BCMLP"
+    loss, _ = task.loss(task.batch(np.random.default_rng(0), 4))
+    assert np.isfinite(loss.item())
+
+
+@pytest.mark.parametrize("baselines, names", [("bc,pbc", ["bc", "pbc"]), ("pbc", ["pbc"]), ("none", []),
+                                              ("", [])])
+def test_baselines_parsed(baselines, names):
+    assert rl.config("default", baselines=baselines).baseline_names() == names
+
+
+def test_unknown_baseline_refused():
+    with pytest.raises(ValueError, match="baselines: unknown 'cql'"):
+        rl.config("default", baselines="bc,cql").validate()
+
+
+def test_dataset_path_made_absolute_minari_id_kept(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert rl.config("default", dataset="d.h5").dataset == str(tmp_path / "d.h5")
+    assert rl.config("default", dataset="minari:a/b-v0").dataset == "minari:a/b-v0"
+
+
+def _train_tiny(tmp_path, baselines, model="mingru", preset="default", dataset=None):
+    pytest.importorskip("mujoco")
+    cfg = rl.config(preset, model=model, env="hopper", kind="medium", dataset=dataset or _returns_file(
+        tmp_path / "d.h5"), steps=2, eval_every=1, batch_size=2, eval_windows=2, eval_episodes=2, horizon=5,
+        baselines=baselines)
+    return rl.train(cfg, tmp_path / "run", progress=False)
+
+
+def test_summary_reports_each_baseline_beside_the_model(tmp_path):
+    s = _train_tiny(tmp_path, "bc,pbc")
+    for b in ("bc", "pbc"):
+        assert np.isfinite(s[f"{b}_normalized_score"]) and len(s[f"{b}_returns"]) == 2
+        assert json.loads((tmp_path / "run" / b / "summary.json").read_text())["config"]["model"] == b
+    assert s["pbc_train_episodes"] == 1 and s["bc_train_episodes"] == 9
+    assert "BC" in rl.describe(s) and "%BC" in rl.describe(s)
+
+
+def test_no_baselines_trains_none(tmp_path):
+    s = _train_tiny(tmp_path, "none")
+    assert not any(k.startswith(("bc_", "pbc_")) for k in s) and not (tmp_path / "run" / "bc").exists()
+    assert "BC" not in rl.describe(s)
+
+
+def test_paper_preset_trains_and_scores_on_a_d4rl_file(tmp_path):
+    """The paper preset unchanged but for a tiny budget, through train(): model, BC and %BC scored."""
+    s = _train_tiny(tmp_path, "bc,pbc", preset="paper")
+    assert s["config"]["d_model"] == 256 and s["config"]["lr"] == 1e-4 and np.isfinite(s["pbc_normalized_score"])

@@ -31,7 +31,7 @@ import numpy as np
 
 from mincore.autograd import h5safe
 
-__all__ = ["KEYS", "REF_MIN_MAX", "normalized_score", "Dataset", "load", "save", "from_arrays",
+__all__ = ["KEYS", "REF_MIN_MAX", "normalized_score", "Dataset", "load", "read", "save", "from_arrays",
            "split_episodes", "returns_to_go"]
 
 KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
@@ -197,6 +197,18 @@ class Dataset:
         idx = np.concatenate([np.arange(*self.episodes[i]) for i in episode_ids])
         return Dataset(*(getattr(self, k)[idx] for k in KEYS), attrs=dict(self.attrs), source=self.source)
 
+    def best_episodes(self, fraction: float) -> np.ndarray:
+        """Ids (in file order) of the highest-return episodes, added best first while their steps stay
+        within `fraction` of all steps, at least one: the data of %BC (Decision Transformer's
+        percentile behaviour cloning, Chen et al. 2021, whose code selects exactly so)."""
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction: expected a share of the steps in (0, 1], got {fraction!r}")
+        order = np.argsort(-self.returns, kind="stable")
+        budget = max(int(fraction * len(self)), 1)
+        within = np.cumsum(self.lengths[order]) <= budget
+        within[0] = True
+        return np.sort(order[: int(np.argmin(within)) if not within.all() else len(order)])
+
     def summary(self) -> dict:
         return {"transitions": len(self), "episodes": len(self.episodes),
                 "mean_return": float(self.returns.mean()), "best_return": float(self.returns.max()),
@@ -266,6 +278,14 @@ def _declared(f, source: str) -> dict:
         except (OSError, RuntimeError, KeyError, TypeError) as e:
             raise ValueError(f"{source}: dataset /{k} cannot be read; the file is damaged or corrupted ({e})") from e
     return meta
+
+
+def read(spec) -> Dataset:
+    """A D4RL-layout HDF5 file (load), or a local Minari dataset named `minari:ID` (tasks/rl/minari_io.py,
+    which imports the minari package only then)."""
+    from . import minari_io
+
+    return minari_io.load(spec) if minari_io.is_minari(spec) else load(spec)
 
 
 def save(path, arrays: dict, attrs: dict | None = None) -> None:
