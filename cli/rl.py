@@ -1,6 +1,9 @@
-"""`mincore rl ...`: offline-RL data (collection with gymnasium MuJoCo, inspection of D4RL files)."""
+"""`mincore rl ...`: offline-RL data (collection with gymnasium MuJoCo, D4RL files and Minari datasets)
+and the results table of the Decision-minRNNs beside their baselines."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
@@ -11,12 +14,15 @@ from .options import SEED, not_empty
 
 @click.group()
 def rl():
-    """Offline-RL datasets in the D4RL layout.
+    """Offline-RL datasets (D4RL layout, Minari) and the results table.
 
     \b
     Examples:
       mincore rl collect --env hopper --kind medium --out hopper-medium.h5
+      mincore rl collect --env hopper --kind medium --format minari   # also minari:mincore/hopper/medium-v0
       mincore rl info hopper-medium.h5
+      mincore rl info minari:mujoco/hopper/medium-v0
+      mincore rl table --envs halfcheetah --seeds 3
     """
 
 
@@ -33,11 +39,17 @@ def rl():
 @click.option("--transitions", type=click.IntRange(min=1), default=None,
               help="Transitions for random / medium (each half of medium-expert). [default: 100000]")
 @click.option("--horizon", type=click.IntRange(min=1), default=None, help="Episode time limit. [default: 1000]")
+@click.option("--format", "fmt", type=click.Choice(("d4rl", "minari")), default="d4rl", show_default=True,
+              help="minari: write the dataset also as a Minari dataset in the local Minari storage "
+                   "($MINARI_DATASETS_PATH, else ~/.minari/datasets), beside the D4RL-layout file.")
+@click.option("--dataset-id", default=None, callback=not_empty,
+              help="The Minari dataset's ID (with --format minari). [default: mincore/ENV/KIND-v0]")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def collect(env, kind, out, seed, ars_iterations, transitions, horizon, quiet):
+def collect(env, kind, out, seed, ars_iterations, transitions, horizon, fmt, dataset_id, quiet):
     """Collect a D4RL-layout dataset (observations, actions, rewards, terminals, timeouts, plus
-    attributes saying how it was made). Reuses `--out` when it holds the same settings.
-    Needs `pip install 'mincore[rl]'`."""
+    attributes saying how it was made). Reuses `--out` when it holds the same settings; with
+    --format minari, also a Minari dataset (kept when its ID holds this data, refused when it holds
+    other data). Needs `pip install 'mincore[rl]'`."""
     import dataclasses
 
     from mincore.tasks.rl import collect as rl_collect
@@ -45,24 +57,33 @@ def collect(env, kind, out, seed, ars_iterations, transitions, horizon, quiet):
     over = {"ars_iterations": ars_iterations, "transitions": transitions, "horizon": horizon}
     cfg = dataclasses.replace(rl_collect.CollectConfig(env=env, kind=kind, seed=seed),
                               **{k: v for k, v in over.items() if v is not None})
+    if dataset_id is not None and fmt != "minari":
+        raise click.UsageError("--dataset-id names the Minari dataset of --format minari; add --format minari")
     path = rl_collect.collect(cfg, out, progress=not quiet)
     _describe(path, _load(path))
+    if fmt == "minari":
+        from mincore.tasks.rl import minari_io
+
+        ds_id = minari_io.write(path, dataset_id or f"mincore/{env}/{kind}-v0")
+        click.echo(f"Minari dataset minari:{ds_id} in {minari_io.root()} (minari.load_dataset({ds_id!r}); "
+                   f"mincore: --dataset minari:{ds_id})")
 
 
 @rl.command()
-@click.argument("path", type=click.Path(exists=True, dir_okay=False))
-def info(path):
-    """Episodes, returns and attributes of a D4RL-layout file (refuses malformed ones)."""
-    _describe(path, _load(path))
+@click.argument("dataset")
+def info(dataset):
+    """Episodes, returns and attributes of a D4RL-layout file, or of a local Minari dataset given as
+    minari:ID (refuses malformed ones)."""
+    _describe(dataset, _load(dataset))
 
 
 def _load(path):
-    """The file's Dataset; h5py's KeyError for a link to an object the file does not hold (a dangling
-    link) becomes one line naming the file."""
+    """The file's (or Minari dataset's) Dataset; h5py's KeyError for a link to an object the file does
+    not hold (a dangling link) becomes one line naming the file."""
     from mincore.tasks.rl import data as rl_data
 
     try:
-        return rl_data.load(path)
+        return rl_data.read(path)
     except KeyError as e:
         raise click.ClickException(f"{path}: the file links to an object it does not hold "
                                    f"({e.args[0] if e.args else e}); damaged, or not in the D4RL layout") from None
@@ -78,6 +99,69 @@ def _describe(path, ds):
     if env in REF_MIN_MAX:  # the D4RL reference returns exist for these environments only
 
         click.echo(f"D4RL-normalised mean return: {float(normalized_score(env, s['mean_return'])):.1f} ({env})")
-    for k in ("env_id", "kind", "how", "medium_eval_return", "best_eval_return"):
+    for k in ("env_id", "minari_id", "kind", "how", "medium_eval_return", "best_eval_return"):
         if k in ds.attrs:
             click.echo(f"  {k}: {ds.attrs[k]}")
+
+
+def _names(allowed):
+    """Callback: a comma-separated list of distinct names from `allowed`, as a tuple."""
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        names = tuple(v.strip() for v in value.split(",") if v.strip())
+        wrong = [n for n in names if n not in allowed]
+        if wrong or not names or len(set(names)) != len(names):
+            raise click.BadParameter(f"got {value!r}; expected comma-separated names from {', '.join(allowed)}")
+        return names
+    return parse
+
+
+@rl.command()
+@click.option("--envs", default="halfcheetah", show_default=True, callback=_names(tuple(ENVS)),
+              help="Environments, comma-separated.")
+@click.option("--kinds", default="medium,medium-replay,medium-expert", show_default=True,
+              callback=_names(KINDS), help="Dataset kinds, comma-separated (collected once each, seed 0, cached).")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Training seeds per model and dataset (0 .. N-1).")
+@click.option("--models", default="mingru,minlstm", show_default=True, callback=_names(("mingru", "minlstm")),
+              help="Decision-minRNN cells, comma-separated.")
+@click.option("--baselines", default="bc,pbc", show_default=True, callback=_names(("bc", "pbc", "none")),
+              help="MLP baselines, comma-separated: bc, pbc (%BC); 'none' for neither.")
+@click.option("--dataset", default=None, callback=not_empty,
+              help="One D4RL-layout file or minari:ID as the only dataset (one --envs) instead of collecting.")
+@click.option("--preset", default="default", show_default=True, help="The rl task's preset for every run.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Training steps of every run, baselines included [default: the preset's].")
+@click.option("--episodes", type=click.IntRange(min=1), default=None,
+              help="Evaluation episodes per run [default: the preset's].")
+@click.option("--horizon", type=click.IntRange(min=1), default=None,
+              help="Episode time limit in collection and evaluation. [default: 1000]")
+@click.option("--out", type=click.Path(file_okay=False), default="runs/rl-table", show_default=True,
+              callback=not_empty, help="Folder of the runs (one per dataset, model and seed) and the table.")
+@click.option("--quiet", is_flag=True, help="No progress bars (one line per run still).")
+def table(envs, kinds, seeds, models, baselines, dataset, preset, steps, episodes, horizon, out, quiet):
+    """Score Decision-minGRU, Decision-minLSTM, BC and %BC on each dataset and write the results
+    table: OUT/table.md, table.json and a bar plot table.png (D4RL-normalised mean +- standard
+    error over seeds, or over evaluation episodes with one seed). Runs already in OUT with the same
+    settings are read, not run again. Needs `pip install 'mincore[rl]'`.
+
+    \b
+    Examples:
+      mincore rl table --envs halfcheetah --seeds 3
+      mincore rl table --envs hopper,walker2d --kinds medium --seeds 1 --out runs/table-hw
+    """
+    from mincore.backend import cpu_threads
+    from mincore.tasks.rl import task as rl_task
+    from mincore.tasks.rl.table import TableConfig, run
+
+    if preset not in rl_task.PRESETS:
+        raise click.BadParameter(f"unknown preset {preset!r}; expected one of {', '.join(rl_task.PRESETS)}",
+                                 param_hint="--preset")
+    base = tuple(b for b in baselines if b != "none")
+    tc = TableConfig(envs=envs, kinds=kinds, seeds=seeds, models=models, baselines=base, preset=preset, out=out,
+                     dataset=dataset or "", steps=steps, episodes=episodes, horizon=horizon)
+    with cpu_threads(rl_task.THREADS):
+        run(tc, progress=not quiet, say=lambda line: click.echo(line, err=True))
+    click.echo((Path(out) / "table.md").read_text())
+    click.echo(f"files in {out}/: table.md table.json table.png, and a folder of runs per dataset")

@@ -209,14 +209,9 @@ def write(path, ds_id: str, *, description: str | None = None) -> str:
                 return ds_id
         raise ValueError(f"minari:{ds_id} already exists in {root()} and holds other data; choose another "
                          f"--dataset-id, or delete it with `minari delete {ds_id}`")
-    import gymnasium as gym
-
-    spec = gym.spec(env_id)
     horizon = _setting(ds.attrs.get("collect_config"), "horizon")
-    if isinstance(horizon, int) and horizon > 0:
-        import dataclasses
-
-        spec = dataclasses.replace(spec, max_episode_steps=int(horizon))
+    horizon = horizon if isinstance(horizon, int) and horizon > 0 else None
+    gym_env = _env(env, env_id, horizon)
     final = _final_observations(path, ds)
     buffers = [_buffer(ds, i, s, e, final[i]) for i, (s, e) in enumerate(ds.episodes)]
     ref = dict(zip(("ref_min_score", "ref_max_score"), rl_data.REF_MIN_MAX[env], strict=True)) \
@@ -225,7 +220,7 @@ def write(path, ds_id: str, *, description: str | None = None) -> str:
         with warnings.catch_warnings():  # minari warns about every metadata field left out
             warnings.simplefilter("ignore")
             out = minari.create_dataset_from_buffers(
-                ds_id, buffers, env=spec, algorithm_name=str(ds.attrs.get("kind", "unknown")), author="mincore",
+                ds_id, buffers, env=gym_env, algorithm_name=str(ds.attrs.get("kind", "unknown")), author="mincore",
                 description=description or str(ds.attrs.get("how", f"D4RL-layout file {Path(path).name}")),
                 **ref)
             out.storage.update_metadata({"mincore_made_from": made_from})
@@ -233,6 +228,20 @@ def write(path, ds_id: str, *, description: str | None = None) -> str:
         shutil.rmtree(target, ignore_errors=True)  # no half-written dataset left under the ID
         raise
     return ds_id
+
+
+def _env(env, env_id: str, horizon: int | None):
+    """The environment whose spec the Minari dataset records (time limit: the file's horizon)."""
+    from . import collect as rl_collect
+
+    if env in rl_collect.ENVS and rl_collect.ENVS[env] == env_id:  # MuJoCo's warnings routed as in collection
+        return rl_collect.make_env(env, horizon or 1000)
+    import dataclasses
+
+    import gymnasium as gym
+
+    spec = gym.spec(env_id)
+    return gym.make(dataclasses.replace(spec, max_episode_steps=horizon) if horizon else spec)
 
 
 def _setting(settings, key):

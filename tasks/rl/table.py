@@ -1,0 +1,209 @@
+"""`mincore rl table`: Decision-minGRU, Decision-minLSTM, BC and %BC on each dataset, as one table.
+
+For every dataset (env x kind, collected once with collection seed 0 and the preset's collection
+settings, shared by all models and seeds; or one given file / minari:ID) and every model and training
+seed, one `mincore train --task rl` run with no baselines of its own goes into
+    OUT/<env>-<kind>/<model>-seed<k>/
+BC and %BC are runs of models `bc` / `pbc`: the same loop and the same step budget as the baselines
+inside a training run. A folder whose summary.json holds a scored run of exactly these settings is
+read, not run again; a folder holding anything else is replaced.
+
+Each cell: the D4RL-normalised score, mean +- standard error over the training seeds when there are
+several (each seed's score is the mean over its evaluation episodes), else the one run's mean +-
+standard error over its evaluation episodes; `over` in table.json says which. Written to OUT:
+table.md, table.json and table.png (bars with those error bars, the dataset's mean episode as a line).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import collect as rl_collect
+from . import data as rl_data
+from . import minari_io
+from . import task as rl_task
+
+__all__ = ["TableConfig", "run", "aggregate", "markdown", "plot"]
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    envs: tuple = ("halfcheetah",)
+    kinds: tuple = ("medium", "medium-replay", "medium-expert")
+    seeds: int = 3                        # training seeds 0 .. seeds-1
+    models: tuple = ("mingru", "minlstm")
+    baselines: tuple = ("bc", "pbc")
+    preset: str = "default"
+    out: str = "runs/rl-table"
+    dataset: str = ""                     # one D4RL-layout file or minari:ID instead of collecting
+    steps: int | None = None              # training steps of every run (smoke tests); None: the preset's
+    episodes: int | None = None           # evaluation episodes; None: the preset's
+    horizon: int | None = None            # episode time limit in collection and evaluation
+
+    def validate(self):
+        if not self.envs or any(e not in rl_collect.ENVS for e in self.envs):
+            raise ValueError(f"envs: expected names from {', '.join(rl_collect.ENVS)}, got {list(self.envs)}")
+        if not self.dataset and (not self.kinds or any(k not in rl_collect.KINDS for k in self.kinds)):
+            raise ValueError(f"kinds: expected names from {', '.join(rl_collect.KINDS)}, got {list(self.kinds)}")
+        if self.dataset and len(self.envs) != 1:
+            raise ValueError(f"envs: a given dataset is scored in one environment; got {list(self.envs)}")
+        runs = (*self.models, *self.baselines)
+        if not runs or any(m not in rl_task.MODELS for m in runs) or len(set(runs)) != len(runs):
+            raise ValueError(f"models / baselines: expected distinct names from {', '.join(rl_task.MODELS)}, got "
+                             f"{list(self.models)} / {list(self.baselines)}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds: expected at least 1, got {self.seeds}")
+
+    def run_config(self, model: str, seed: int, env: str, kind: str | None, dataset: str) -> rl_task.RLConfig:
+        """One run's Config: the preset, these settings, no baselines of its own."""
+        over = {"horizon": self.horizon, "eval_episodes": self.episodes}
+        if self.steps is not None:
+            over.update(steps=self.steps, bc_steps=self.steps)
+        cfg = rl_task.config(self.preset, model=model, env=env, kind=kind, dataset=dataset, seed=seed,
+                             baselines="none", **over)
+        if model in rl_task.BASELINES:  # the baselines' budget, as inside a training run
+            cfg = dataclasses.replace(cfg, steps=cfg.bc_steps or cfg.steps)
+        return dataclasses.replace(cfg, eval_every=min(cfg.eval_every, cfg.steps),
+                                   log_every=min(cfg.log_every, cfg.steps))
+
+
+def _datasets(tc: TableConfig, progress: bool, say) -> list[tuple[str, str, str]]:
+    """[(env, kind label, dataset path or minari:ID)] of the table's rows, collecting what is missing."""
+    if tc.dataset:
+        label = minari_io.dataset_id(tc.dataset) if minari_io.is_minari(tc.dataset) else Path(tc.dataset).stem
+        return [(tc.envs[0], label, tc.dataset)]
+    rows = []
+    for env in tc.envs:
+        for kind in tc.kinds:
+            say(f"dataset {env} {kind}: collecting (or reading the cached one)")
+            cfg = rl_task.config(tc.preset, env=env, kind=kind, seed=0,
+                                 **({"horizon": tc.horizon} if tc.horizon else {}))
+            rows.append((env, kind, str(rl_collect.collect(rl_task.collect_config(cfg), progress=progress))))
+    return rows
+
+
+def _cached(folder: Path, cfg) -> dict | None:
+    """The summary of a scored run of exactly `cfg` in `folder`, else None."""
+    try:
+        s = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = json.loads(json.dumps(dataclasses.asdict(cfg))) == s.get("config")
+    return s if same and isinstance(s, dict) and "normalized_score" in s else None
+
+
+def _folder_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+
+
+def run(tc: TableConfig, *, progress: bool = True, say=print) -> dict:
+    """Run (or read) every run of the table; write table.md / .json / .png into tc.out; the results."""
+    tc.validate()
+    rl_collect.require_gym()
+    out = Path(tc.out)
+    rows = _datasets(tc, progress, say)
+    runs = [(r, m, k) for r in rows for m in (*tc.models, *tc.baselines) for k in range(tc.seeds)]
+    summaries: dict = {}
+    for i, ((env, kind, path), model, seed) in enumerate(runs, 1):
+        cfg = tc.run_config(model, seed, env, kind if kind in rl_collect.KINDS else None, path)
+        folder = out / _folder_name(f"{env}-{kind}") / f"{model}-seed{seed}"
+        head = f"[{i}/{len(runs)}] {env} {kind} {rl_task.LABELS[model]} seed {seed}"
+        s = _cached(folder, cfg)
+        if s is None:
+            say(f"{head}: training into {folder}")
+            t0 = time.perf_counter()
+            s = rl_task.train(cfg, folder, force=True, progress=progress)
+            say(f"{head}: normalised score {s['normalized_score']:.1f} ({time.perf_counter() - t0:.0f} s)")
+        else:
+            say(f"{head}: read from {folder} (normalised score {s['normalized_score']:.1f})")
+        summaries.setdefault((env, kind), {}).setdefault(model, []).append(s)
+    result = aggregate(tc, summaries)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.json").write_text(json.dumps(result, indent=1))
+    (out / "table.md").write_text(markdown(result))
+    plot(result, out / "table.png")
+    return result
+
+
+def _mean_se(summaries: list[dict]) -> tuple[float, float, str]:
+    """Mean and standard error of the normalised score: over seeds when several, else over episodes."""
+    scores = np.array([s["normalized_score"] for s in summaries])
+    if len(scores) > 1:
+        return float(scores.mean()), float(scores.std(ddof=1) / np.sqrt(len(scores))), "seeds"
+    return float(scores[0]), float(summaries[0]["normalized_stderr"]), "episodes"
+
+
+def aggregate(tc: TableConfig, summaries: dict) -> dict:
+    """table.json's content from the runs' summaries {(env, kind): {model: [summary per seed]}}."""
+    rows = []
+    for (env, kind), by_model in summaries.items():
+        any_run = next(iter(by_model.values()))[0]
+        cells = {}
+        for model, ss in by_model.items():
+            mean, se, over = _mean_se(ss)
+            cells[model] = {"label": rl_task.LABELS[model], "normalized_mean": mean, "normalized_stderr": se,
+                            "over": over, "per_seed": [s["normalized_score"] for s in ss],
+                            "mean_return": float(np.mean([s["mean_return"] for s in ss])),
+                            "episodes": ss[0]["episodes"],
+                            "wall_seconds": float(sum(s["wall_seconds"] for s in ss))}
+        best = float(rl_data.normalized_score(env, any_run["dataset_best_return"]))
+        rows.append({"env": env, "kind": kind, "dataset": any_run["dataset"], "cells": cells,
+                     "dataset_normalized_mean": any_run["dataset_normalized_score"], "dataset_normalized_best": best,
+                     "dataset_episodes": any_run["dataset_episodes"],
+                     "dataset_transitions": any_run["dataset_transitions"]})
+    return {"settings": dataclasses.asdict(tc), "models": [*tc.models, *tc.baselines], "rows": rows,
+            "over": "seeds" if tc.seeds > 1 else "episodes"}
+
+
+def markdown(result: dict) -> str:
+    """The results table in Markdown, with a caption saying what the +- is."""
+    models, st = result["models"], result["settings"]
+    head = ["dataset", *(rl_task.LABELS[m] for m in models), "dataset episodes: mean / best"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["rows"]:
+        cells = [f"{r['cells'][m]['normalized_mean']:.1f} ± {r['cells'][m]['normalized_stderr']:.1f}" for m in models]
+        lines.append(f"| {r['env']} {r['kind']} | " + " | ".join(cells) +
+                     f" | {r['dataset_normalized_mean']:.1f} / {r['dataset_normalized_best']:.1f} |")
+    n_eval = result["rows"][0]["cells"][models[0]]["episodes"] if result["rows"] else 0
+    if result["over"] == "seeds":
+        what = (f"mean ± standard error over {st['seeds']} training seeds (each seed: the mean over {n_eval} "
+                f"evaluation episodes)")
+    else:
+        what = f"one training seed: mean ± standard error over its {n_eval} evaluation episodes"
+    walls = ", ".join(f"{rl_task.LABELS[m]} {sum(r['cells'][m]['wall_seconds'] for r in result['rows']) / 60:.1f}"
+                      for m in models)
+    return "\n".join([f"D4RL-normalised score, {what}; preset {st['preset']}.", "", *lines, "",
+                      f"Wall time of all runs, minutes: {walls}.", ""])
+
+
+def plot(result: dict, path) -> None:
+    """Grouped bars (one group per dataset, one bar per model) with standard-error bars; the dataset's
+    mean episode as a dashed line across its group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models, rows = result["models"], result["rows"]
+    width = 0.8 / max(len(models), 1)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(rows) + 1), 3.6))
+    x = np.arange(len(rows))
+    for j, m in enumerate(models):
+        ax.bar(x + (j - (len(models) - 1) / 2) * width, [r["cells"][m]["normalized_mean"] for r in rows], width,
+               yerr=[r["cells"][m]["normalized_stderr"] for r in rows], capsize=2, label=rl_task.LABELS[m])
+    for i, r in enumerate(rows):
+        ax.hlines(r["dataset_normalized_mean"], i - 0.45, i + 0.45, colors="k", linestyles="dashed",
+                  label="dataset mean" if i == 0 else None)
+    ax.set_xticks(x, [f"{r['env']}\n{r['kind']}" for r in rows], fontsize=8)
+    ax.set_ylabel("D4RL-normalised score")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

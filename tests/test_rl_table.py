@@ -1,0 +1,104 @@
+"""`mincore rl table`: the aggregation (over seeds, or over episodes with one seed), the Markdown /
+JSON / PNG files, cached runs read instead of run again; tiny runs on a synthetic hopper file with
+10-step rollouts in the real simulator."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mincore.cli.main import main
+from mincore.tasks.rl import table as rl_table
+
+
+def _summary(score, stderr=1.0, ret=100.0):
+    return {"normalized_score": score, "normalized_stderr": stderr, "mean_return": ret, "episodes": 5,
+            "wall_seconds": 60.0, "dataset": "d.h5", "dataset_best_return": 3234.3,
+            "dataset_normalized_score": 12.0, "dataset_episodes": 7, "dataset_transitions": 700}
+
+
+def test_aggregate_over_seeds_and_over_episodes(tmp_path):
+    tc = rl_table.TableConfig(envs=("hopper",), kinds=("medium",), seeds=3, models=("mingru",), baselines=("bc",))
+    res = rl_table.aggregate(tc, {("hopper", "medium"): {"mingru": [_summary(s) for s in (10.0, 20.0, 30.0)],
+                                                         "bc": [_summary(s) for s in (5.0, 5.0, 8.0)]}})
+    cell = res["rows"][0]["cells"]["mingru"]
+    assert cell["normalized_mean"] == 20.0 and cell["normalized_stderr"] == pytest.approx(10 / np.sqrt(3))
+    assert cell["over"] == "seeds" and res["over"] == "seeds" and cell["wall_seconds"] == 180.0
+    assert res["rows"][0]["dataset_normalized_best"] == pytest.approx(100.0, abs=1e-3)
+    md = rl_table.markdown(res)
+    assert "| hopper medium | 20.0 ± 5.8 | 6.0 ± 1.0 | 12.0 / 100.0 |" in md
+    assert "standard error over 3 training seeds" in md and "Decision-minGRU" in md and "| BC |" in md
+    one = rl_table.aggregate(tc, {("hopper", "medium"): {"mingru": [_summary(42.0, stderr=2.5)]}})
+    assert one["rows"][0]["cells"]["mingru"]["normalized_stderr"] == 2.5 and one["rows"][0]["cells"]["mingru"][
+        "over"] == "episodes"
+    rl_table.plot(res, tmp_path / "t.png")
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("change, needle", [(dict(envs=("pong",)), "envs"), (dict(kinds=("expert",)), "kinds"),
+                                            (dict(models=("mingru", "mingru")), "distinct"),
+                                            (dict(seeds=0), "seeds"),
+                                            (dict(dataset="d.h5", envs=("hopper", "walker2d")), "one environment")])
+def test_bad_settings_refused(change, needle):
+    with pytest.raises(ValueError, match=needle):
+        rl_table.TableConfig(**change).validate()
+
+
+def _hopper_file(path, n_eps=6, length=10):
+    n = n_eps * length
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        f["observations"] = rng.standard_normal((n, 11)).astype(np.float32)
+        f["actions"] = rng.uniform(-1, 1, (n, 3)).astype(np.float32)
+        f["rewards"] = np.repeat(np.arange(n_eps, dtype=np.float32), length)
+        f["terminals"] = np.zeros(n, bool)
+        f["timeouts"] = np.arange(n) % length == length - 1
+        f.attrs["env"] = "hopper"
+    return str(path)
+
+
+def test_table_command_runs_then_reads_cached_runs(tmp_path):
+    pytest.importorskip("mujoco")
+    data, out = _hopper_file(tmp_path / "hopper-tiny.h5"), tmp_path / "table"
+    args = ["rl", "table", "--envs", "hopper", "--dataset", data, "--seeds", "1", "--models", "mingru",
+            "--steps", "2", "--episodes", "2", "--horizon", "10", "--out", str(out), "--quiet"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert "[1/3] hopper hopper-tiny Decision-minGRU seed 0: training" in r.stderr
+    assert "| hopper hopper-tiny |" in r.stdout and "evaluation episodes" in r.stdout
+    res = json.loads((out / "table.json").read_text())
+    assert res["models"] == ["mingru", "bc", "pbc"] and res["over"] == "episodes"
+    assert set(res["rows"][0]["cells"]) == {"mingru", "bc", "pbc"}
+    assert (out / "table.png").exists() and (out / "table.md").read_text().startswith("D4RL-normalised score")
+    run = json.loads((out / "hopper-hopper-tiny" / "pbc-seed0" / "summary.json").read_text())
+    assert run["config"]["model"] == "pbc" and run["config"]["steps"] == 2 and run["config"]["baselines"] == "none"
+    r = CliRunner().invoke(main, args)  # the same settings again: every run read, none trained
+    assert r.exit_code == 0 and r.stderr.count(": read from") == 3 and "training" not in r.stderr, r.stderr
+    args[args.index("--steps") + 1] = "3"
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0 and r.stderr.count("training") == 3, r.stderr  # other settings: run again
+
+
+def test_collected_rows_over_seeds(tmp_path, monkeypatch):
+    """Without --dataset every env x kind is collected once (seed 0) and shared by all seeds."""
+    pytest.importorskip("mujoco")
+    calls = []
+    data = _hopper_file(tmp_path / "d.h5")
+
+    def collect(cfg, out=None, progress=True):
+        calls.append((cfg.env, cfg.kind, cfg.seed, cfg.horizon))
+        return data
+    monkeypatch.setattr(rl_table.rl_collect, "collect", collect)
+    tc = rl_table.TableConfig(envs=("hopper",), kinds=("medium", "medium-replay"), seeds=2, models=("minlstm",),
+                              baselines=(), steps=1, episodes=2, horizon=10, out=str(tmp_path / "t"))
+    lines = []
+    res = rl_table.run(tc, progress=False, say=lines.append)
+    assert calls == [("hopper", "medium", 0, 10), ("hopper", "medium-replay", 0, 10)]
+    assert [r["kind"] for r in res["rows"]] == ["medium", "medium-replay"] and res["over"] == "seeds"
+    assert len(res["rows"][1]["cells"]["minlstm"]["per_seed"]) == 2
+    assert (tmp_path / "t" / "hopper-medium-replay" / "minlstm-seed1" / "summary.json").exists()
+    assert sum("training into" in line for line in lines) == 4
