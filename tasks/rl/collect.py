@@ -35,7 +35,7 @@ from . import ars
 from . import data as rl_data
 
 __all__ = ["ENVS", "KINDS", "CollectConfig", "require_gym", "make_env", "collect", "cache_dir", "train_ars",
-           "MEDIUM_LEVEL", "default_workers"]
+           "MEDIUM_LEVEL", "ARS_SETTINGS", "default_workers"]
 
 ENVS = {"halfcheetah": "HalfCheetah-v5", "hopper": "Hopper-v5", "walker2d": "Walker2d-v5"}
 KINDS = ("random", "medium", "medium-replay", "medium-expert")
@@ -83,6 +83,10 @@ def _route_mujoco_warnings():
 # e.g. in the CORL benchmark, Tarasov et al. 2022); the first snapshot whose noise-free evaluation reaches it
 # is the medium policy
 MEDIUM_LEVEL = {"halfcheetah": 40.7, "hopper": 44.3, "walker2d": 62.1}
+# ARS V2-t hyperparameters per environment from Mania et al. 2018 (Table 9, the MuJoCo v1 tasks)
+ARS_SETTINGS = {"halfcheetah": {"directions": 32, "top": 4, "step_size": 0.02, "noise": 0.03},
+                "hopper": {"directions": 8, "top": 4, "step_size": 0.01, "noise": 0.025},
+                "walker2d": {"directions": 40, "top": 30, "step_size": 0.03, "noise": 0.025}}
 
 
 @dataclass(frozen=True)
@@ -91,11 +95,11 @@ class CollectConfig:
     kind: str = "medium-replay"    # random | medium | medium-replay | medium-expert
     seed: int = 0                  # ARS directions, environment resets and action noise
     ars_iterations: int = 1000     # at most this many ARS iterations to reach the medium level
-    # ARS V2-t for HalfCheetah in Mania et al. 2018 (Table 9): N = 32, b = 4, alpha = 0.02, nu = 0.03
-    directions: int = 32           # N: perturbation directions per iteration (2N rollouts each)
-    top: int = 4                   # b: best directions used in the update
-    step_size: float = 0.02        # alpha
-    noise: float = 0.03            # nu: perturbation scale
+    # ARS hyperparameters; None: ARS_SETTINGS[env]
+    directions: int | None = None  # N: perturbation directions per iteration (2N rollouts each)
+    top: int | None = None         # b: best directions used in the update
+    step_size: float | None = None  # alpha
+    noise: float | None = None     # nu: perturbation scale
     horizon: int = 1000            # episode time limit (steps)
     transitions: int = 100_000     # transitions for random / medium (and per half of medium-expert)
     medium_level: float | None = None  # D4RL-normalised evaluation return of the medium snapshot (None: MEDIUM_LEVEL)
@@ -107,14 +111,23 @@ class CollectConfig:
             raise ValueError(f"env: unknown {self.env!r}; expected one of {', '.join(ENVS)}")
         if self.kind not in KINDS:
             raise ValueError(f"kind: unknown {self.kind!r}; expected one of {', '.join(KINDS)}")
-        if min(self.ars_iterations, self.directions, self.top, self.horizon, self.transitions,
-               self.expert_iterations) < 1 or self.top > self.directions:
+        a = self.ars
+        if min(self.ars_iterations, a["directions"], a["top"], self.horizon, self.transitions,
+               self.expert_iterations) < 1 or a["top"] > a["directions"]:
             raise ValueError("ars_iterations, directions, horizon, transitions, expert_iterations must be >= 1 "
                              f"and 1 <= top <= directions; got {self}")
+        if not (a["step_size"] > 0 and a["noise"] > 0):
+            raise ValueError(f"step_size, noise: expected > 0; got {a['step_size']}, {a['noise']}")
         if self.medium_level is not None and not np.isfinite(self.medium_level):
             raise ValueError(f"medium_level: expected a finite D4RL-normalised level or None; got {self.medium_level}")
         if not (np.isfinite(self.action_noise) and self.action_noise >= 0):
             raise ValueError(f"action_noise: expected a finite std >= 0; got {self.action_noise}")
+
+    @property
+    def ars(self) -> dict:
+        """The ARS hyperparameters in force: the given ones, else ARS_SETTINGS[env]'s."""
+        given = {k: getattr(self, k) for k in ARS_SETTINGS[self.env]}
+        return {k: ARS_SETTINGS[self.env][k] if v is None else v for k, v in given.items()}
 
     @property
     def level(self) -> float:
@@ -143,7 +156,7 @@ def default_workers() -> int:
 
 def ars_run(cfg: CollectConfig) -> ars.ARSRun:
     """The cached ARS run of cfg (its folder is keyed by env, seed and the ARS hyperparameters)."""
-    fields = {k: getattr(cfg, k) for k in ("env", "seed", "directions", "top", "step_size", "noise", "horizon")}
+    fields = {"env": cfg.env, "seed": cfg.seed, "horizon": cfg.horizon, **cfg.ars}
     return ars.ARSRun(**fields, folder=cache_dir() / f"ars-{cfg.env}-{_key(fields)}")
 
 
@@ -221,7 +234,7 @@ def _policy_rollouts(cfg, roll, snap, n_obs, n_act, rng, desc, progress):
     from tqdm.auto import tqdm
 
     M, mu, sd = ars.policy_of(snap, n_obs, n_act)
-    eps, n, batch = [], 0, 2 * cfg.directions
+    eps, n, batch = [], 0, 2 * cfg.ars["directions"]
     with tqdm(total=cfg.transitions, desc=desc, unit="step", disable=not progress) as bar:
         while n < cfg.transitions:
             seeds = rng.integers(2**31, size=min(batch, -(-(cfg.transitions - n) // cfg.horizon)))
