@@ -229,3 +229,20 @@ def test_train_command_takes_a_minari_id(store, monkeypatch):
     assert seen["cfg"].dataset == "minari:a/hopper-v0" and seen["cfg"].baseline_names() == ["pbc"]
     r = CliRunner().invoke(main, ["train", "--task", "rl", "--baselines", "cql", "--quiet"])
     assert r.exit_code != 0 and "baselines: unknown 'cql'" in r.output
+
+
+def test_collect_format_minari_writes_both(store, tmp_path, monkeypatch):
+    from mincore.tasks.rl import collect as rl_collect
+
+    d = _d4rl_file(tmp_path / "d.h5")
+    monkeypatch.setattr(rl_collect, "collect", lambda cfg, out=None, progress=True: tmp_path / "d.h5")
+    r = CliRunner().invoke(main, ["rl", "collect", "--env", "hopper", "--kind", "medium", "--format", "minari",
+                                  "--quiet"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert "minari:mincore/hopper/medium-v0" in r.output and "23 transitions" in r.output
+    assert minari.load_dataset("mincore/hopper/medium-v0").total_steps == len(d["rewards"])
+    r = CliRunner().invoke(main, ["rl", "collect", "--env", "hopper", "--kind", "medium", "--format", "minari",
+                                  "--dataset-id", "me/hop-v1", "--quiet"])
+    assert r.exit_code == 0 and minari.load_dataset("me/hop-v1").total_episodes == 3
+    r = CliRunner().invoke(main, ["rl", "collect", "--env", "hopper", "--kind", "medium", "--dataset-id", "x-v0"])
+    assert r.exit_code != 0 and "add --format minari" in r.output

@@ -76,7 +76,7 @@ class RLConfig(LoopConfig):
     eval_mode: str = "window"        # window (re-read the last K steps) | carry (recurrent state)
     target_return: float = 0.0       # return-to-go at t = 0 (0: the dataset's best episode return)
     horizon: int = 1000              # episode time limit in collection and evaluation
-    ars_iterations: int = 60         # collection: ARS iterations of the behaviour policy
+    ars_iterations: int | None = None  # collection: at most this many ARS iterations (None: collection's default)
     transitions: int = 100_000       # collection: transitions for random / medium (per half: m-expert)
 
     def validate(self):
@@ -113,7 +113,7 @@ PRESETS = {
     # 1e-4, 10k linear warmup, dropout 0.1, 100k steps, batch 64, K = 20, 100 evaluation episodes
     "paper": RLConfig(d_model=128, steps=100_000, batch_size=64, lr=1e-3, warmup=10_000, min_lr_factor=1.0,
                       weight_decay=1e-4, clip=0.25, eval_every=5000, log_every=100, eval_episodes=100,
-                      transitions=1_000_000, ars_iterations=300),
+                      transitions=1_000_000),
 }
 _SLOW_LR = {("hopper", "medium"), ("hopper", "medium-replay"), ("walker2d", "medium")}
 
@@ -139,8 +139,9 @@ def from_dict(d: dict) -> RLConfig:
 
 
 def collect_config(cfg: RLConfig) -> rl_collect.CollectConfig:
-    return rl_collect.CollectConfig(env=cfg.env, kind=cfg.kind, seed=cfg.seed, ars_iterations=cfg.ars_iterations,
-                                    horizon=cfg.horizon, transitions=cfg.transitions)
+    ars = {} if cfg.ars_iterations is None else {"ars_iterations": cfg.ars_iterations}
+    return rl_collect.CollectConfig(env=cfg.env, kind=cfg.kind, seed=cfg.seed, horizon=cfg.horizon,
+                                    transitions=cfg.transitions, **ars)
 
 
 class RLTask:
