@@ -246,3 +246,12 @@ def test_collect_format_minari_writes_both(store, tmp_path, monkeypatch):
     assert r.exit_code == 0 and minari.load_dataset("me/hop-v1").total_episodes == 3
     r = CliRunner().invoke(main, ["rl", "collect", "--env", "hopper", "--kind", "medium", "--dataset-id", "x-v0"])
     assert r.exit_code != 0 and "add --format minari" in r.output
+
+
+def test_rl_info_refusal_is_one_line(store):
+    collected("test/pendulum/cli-v0")
+    _edit_episode(store, "test/pendulum/cli-v0", "actions", np.zeros((2, 1), np.float32))
+    r = CliRunner().invoke(main, ["rl", "info", "minari:test/pendulum/cli-v0"])
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.exit_code != 0 and len(lines) == 1 and lines[0].startswith("Error:"), r.stderr
+    assert "minari:test/pendulum/cli-v0: episode 1: actions has shape (2, 1)" in lines[0]
