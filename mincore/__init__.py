@@ -19,11 +19,12 @@ from .cells import (
     scan,
     scan_backward,
 )
+from .kernels.buffers import cpu_memory_pool
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "engines", "get_array_module", "scan", "scan_backward", "min_gru", "min_gru_backward",
+    "engines", "get_array_module", "cpu_memory_pool", "scan", "scan_backward", "min_gru", "min_gru_backward",
     "min_gru_step", "min_lstm", "min_lstm_backward", "min_lstm_step", "lru_scan", "lru_scan_backward",
     "__version__",
 ]

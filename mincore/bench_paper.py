@@ -164,7 +164,12 @@ def median_ms(steps: dict, repeats: int, sync, warmup: int = 2) -> dict:
 
 # ------------------------------------------------------------------------------ peak memory
 def peak_tracemalloc(step) -> int:
-    """Peak bytes a CPU step allocates (NumPy buffers included: NumPy reports them to tracemalloc)."""
+    """Peak bytes a CPU step allocates (NumPy buffers included: NumPy reports them to tracemalloc).
+    The kernels' memory pool first releases its free blocks, so that the step allocates, and the
+    trace counts, every output it holds (a block reused from an earlier step would not be counted)."""
+    from .kernels.buffers import POOL
+
+    POOL.free_all_blocks()
     was_tracing = tracemalloc.is_tracing()
     if not was_tracing:
         tracemalloc.start()

@@ -30,6 +30,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from . import buffers
 from .numba_math import fast_sigmoid_pair
 from .numba_scan import JIT, U
 from .numba_threads import serialized
@@ -74,7 +75,7 @@ def _kernels(dt):
 @serialized
 def gelu(x: np.ndarray) -> np.ndarray:
     """gelu(x), tanh form. x: a C-contiguous NumPy float32/float64 array."""
-    y = np.empty_like(x)
+    y = buffers.empty_like(x)
     _kernels(x.dtype.name)[0](x.reshape(-1), y.reshape(-1))
     return y
 
@@ -83,6 +84,6 @@ def gelu(x: np.ndarray) -> np.ndarray:
 def gelu_vjp(g: np.ndarray, x: np.ndarray) -> np.ndarray:
     """g * gelu'(x); g is cast to x's dtype and layout."""
     g = np.ascontiguousarray(np.broadcast_to(g, x.shape), dtype=x.dtype)
-    dx = np.empty_like(x)
+    dx = buffers.empty_like(x)
     _kernels(x.dtype.name)[1](g.reshape(-1), x.reshape(-1), dx.reshape(-1))
     return dx

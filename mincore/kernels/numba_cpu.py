@@ -35,6 +35,7 @@ import functools
 import numpy as np
 from numba import njit, prange
 
+from . import buffers
 from .numba_fpenv import denormals_off, denormals_restore
 from .numba_fpenv import flush_if_soft as ftz
 from .numba_math import fast_dg, fast_g, fast_lstm_gates, fast_sigmoid_pair
@@ -125,7 +126,7 @@ def _gru_kernels(log_space: bool):
 def min_gru(k, v, h0, log_space, out=None):
     """`out`: a preallocated h (lets benchmarks and loops skip the allocation)."""
     B, _, D = k.shape
-    h, blk = np.empty_like(k) if out is None else out, block(B, D)
+    h, blk = buffers.empty_like(k) if out is None else out, block(B, D)
     _gru_kernels(log_space)[0](k, v, h0, h, streams(h), blk, n_jobs(B, D, blk))
     return h
 
@@ -134,7 +135,7 @@ def min_gru(k, v, h0, log_space, out=None):
 def min_gru_backward(k, v, h, dh, h0, log_space, out=None):
     """`out`: preallocated (dk, dv, dh0)."""
     B, _, D = k.shape
-    dk, dv, dh0 = (np.empty_like(k), np.empty_like(v), np.empty_like(h0)) if out is None else out
+    dk, dv, dh0 = (buffers.empty_like(k), buffers.empty_like(v), buffers.empty_like(h0)) if out is None else out
     blk = block(B, D)
     _gru_kernels(log_space)[1](k, v, h, dh, h0, dk, dv, dh0, k.dtype.type(1), streams(dk, dv), blk,
                                n_jobs(B, D, blk))
@@ -230,7 +231,7 @@ def _lstm_kernels(normalize: bool, log_space: bool):
 @serialized
 def min_lstm(kf, ki, v, h0, normalize, log_space, out=None):
     B, _, D = v.shape
-    h, blk = np.empty_like(v) if out is None else out, block(B, D)
+    h, blk = buffers.empty_like(v) if out is None else out, block(B, D)
     _lstm_kernels(normalize, log_space)[0](kf, ki, v, h0, h, v.dtype.type(1), streams(h), blk, n_jobs(B, D, blk))
     return h
 
@@ -239,7 +240,7 @@ def min_lstm(kf, ki, v, h0, normalize, log_space, out=None):
 def min_lstm_backward(kf, ki, v, h, dh, h0, normalize, log_space, out=None):
     B, _, D = v.shape
     if out is None:
-        out = np.empty_like(kf), np.empty_like(ki), np.empty_like(v), np.empty_like(h0)
+        out = buffers.empty_like(kf), buffers.empty_like(ki), buffers.empty_like(v), buffers.empty_like(h0)
     dkf, dki, dv, dh0 = out
     blk = block(B, D)
     _lstm_kernels(normalize, log_space)[1](kf, ki, v, h, dh, h0, dkf, dki, dv, dh0, v.dtype.type(1),

@@ -22,6 +22,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from . import buffers
 from .numba_fpenv import denormals_off, denormals_restore
 from .numba_fpenv import flush_if_soft as ftz
 from .numba_simd import fence, store_row, streams
@@ -115,7 +116,7 @@ def _scan_bwd(a, h, dh, h0, da, db, dh0, stream, blk, jobs):
 @serialized
 def scan(a, b, h0, reverse=False, out=None):
     B, _, D = b.shape
-    h, blk = np.empty_like(b) if out is None else out, block(B, D)
+    h, blk = buffers.empty_like(b) if out is None else out, block(B, D)
     _scan(a, b, h0, h, reverse, streams(h), blk, n_jobs(B, D, blk))
     return h
 
@@ -123,7 +124,7 @@ def scan(a, b, h0, reverse=False, out=None):
 @serialized
 def scan_backward(a, h, dh, h0, out=None):
     B, _, D = h.shape
-    da, db, dh0 = (np.empty_like(h), np.empty_like(h), np.empty_like(h0)) if out is None else out
+    da, db, dh0 = (buffers.empty_like(h), buffers.empty_like(h), buffers.empty_like(h0)) if out is None else out
     blk = block(B, D)
     _scan_bwd(a, h, dh, h0, da, db, dh0, streams(da, db), blk, n_jobs(B, D, blk))
     return da, db, dh0
@@ -212,7 +213,7 @@ def _reals(x):
 @serialized
 def lru_scan(lam, bu, h0, out=None):
     B, _, D = bu.shape
-    h, blk = np.empty_like(bu) if out is None else out, block(B, D)
+    h, blk = buffers.empty_like(bu) if out is None else out, block(B, D)
     _lru_fwd(np.ascontiguousarray(lam.real), np.ascontiguousarray(lam.imag), _reals(bu), _reals(h0), _reals(h),
              streams(h), blk, n_jobs(B, D, blk))
     return h
@@ -221,7 +222,7 @@ def lru_scan(lam, bu, h0, out=None):
 @serialized
 def lru_scan_backward(lam, h, dh, h0, out=None):
     B, _, D = h.shape
-    dlam, dbu, dh0 = (np.empty_like(lam), np.empty_like(h), np.empty_like(h0)) if out is None else out
+    dlam, dbu, dh0 = (buffers.empty_like(lam), buffers.empty_like(h), buffers.empty_like(h0)) if out is None else out
     part, blk = np.zeros((B, 2 * D), dtype=h.real.dtype), block(B, D)
     _lru_bwd(np.ascontiguousarray(lam.real), np.ascontiguousarray(lam.imag), _reals(h), _reals(dh), _reals(h0),
              _reals(dbu), _reals(dh0), part, streams(dbu), blk, n_jobs(B, D, blk))
