@@ -53,11 +53,24 @@ def task_options(f):
             uses.setdefault(opt.field, []).append((name, opt))
     for field, owners in reversed(uses.items()):  # decorators apply bottom-up: keep the declared order
         opt = owners[0][1]
-        kind = (click.Path(exists=True, dir_okay=False) if opt.file else
+        kind = (FileOrScheme(opt.schemes) if opt.file else
                 click.Choice(opt.choices) if opt.choices else None)
         f = click.option(f"--{field.replace('_', '-')}", field, type=kind, default=None,
                          help="; ".join(f"{name}: {o.help}" for name, o in owners))(f)
     return f
+
+
+class FileOrScheme(click.Path):
+    """An existing file, or a value starting with one of `schemes` (e.g. minari:ID), taken as it is."""
+
+    def __init__(self, schemes=()):
+        super().__init__(exists=True, dir_okay=False)
+        self.schemes = tuple(schemes)
+
+    def convert(self, value, param, ctx):
+        if self.schemes and str(value).startswith(self.schemes):
+            return value
+        return super().convert(value, param, ctx)
 
 
 def task_overrides(mod, task: str, given: dict) -> dict:
@@ -74,7 +87,7 @@ def task_overrides(mod, task: str, given: dict) -> dict:
         owners = sorted({t for t in TASKS for k in foreign if k in {o.field for o in get_task(t).OPTIONS}})
         raise click.BadParameter(f"{flags} {'is an option' if len(foreign) == 1 else 'are options'} of --task "
                                  f"{' / '.join(owners)}, not {task}", param_hint=f"--{foreign[0].replace('_', '-')}")
-    return {k: os.path.abspath(v) if own[k].file else v for k, v in given.items() if v is not None}
+    return {k: os.path.abspath(v) if own[k].names_file(v) else v for k, v in given.items() if v is not None}
 
 
 def _and(names) -> str:

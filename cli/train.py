@@ -14,6 +14,7 @@ from mincore.tasks import TASKS
 
 from .options import (
     SEED,
+    FileOrScheme,
     check_fits,
     default_threads,
     engine_option,
@@ -218,8 +219,9 @@ def _check_loop_state(loop, path):
 @click.option("--checkpoint", "path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="A checkpoint.h5 written by `mincore train`.")
 @engine_option("Kernel engine to evaluate with (default: the run's).")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="The data file the run read (shakespeare: its text; rl: its dataset), where it is now; "
+@click.option("--data", type=FileOrScheme(("minari:",)), default=None,
+              help="The data file the run read (shakespeare: its text; rl: its dataset file or minari:ID), "
+                   "where it is now; "
                    "Shakespeare's text must be the text it was trained on. [default: the run's path]")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON object.")
 def evaluate(path, engine, data, as_json):

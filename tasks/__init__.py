@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["TASKS", "Option", "get_task", "evaluate_checkpoint", "cache_dir", "saved_config",
-           "check_saved_engine", "check_saved_data", "data_field"]
+           "check_saved_engine", "check_saved_data", "data_field", "data_option"]
 
 TASKS = {"copy": "mincore.tasks.copy", "shakespeare": "mincore.tasks.shakespeare",
          "rl": "mincore.tasks.rl", "listops": "mincore.tasks.listops"}
@@ -56,6 +56,11 @@ class Option:
     help: str                              # what it is; `mincore train --help` prefixes the task name
     choices: tuple[str, ...] | None = None  # the values it takes (None: any)
     file: bool = False                     # an existing file, stored as an absolute path
+    schemes: tuple[str, ...] = ()          # with file: prefixes naming data that is not a file (minari:)
+
+    def names_file(self, value: str) -> bool:
+        """Whether `value` of this option is a file path (not one of its schemes' names)."""
+        return self.file and not str(value).startswith(self.schemes)
 
 
 def get_task(name: str):
@@ -134,19 +139,25 @@ def check_saved_engine(engine, source, how: str) -> None:
                          f"({table[engine]['reason']}); {how}")
 
 
+def data_option(mod) -> Option | None:
+    """The Option of the data file a task reads (its file Option: `data`, `dataset`), or None."""
+    return next((o for o in mod.OPTIONS if o.file), None)
+
+
 def data_field(mod) -> str | None:
-    """The Config field of the data file a task reads (its file Option: `data`, `dataset`), or None."""
-    return next((o.field for o in mod.OPTIONS if o.file), None)
+    """The Config field of the data file a task reads, or None."""
+    opt = data_option(mod)
+    return opt.field if opt else None
 
 
 def check_saved_data(mod, meta: dict, cfg, source, how: str) -> None:
     """Refuse the data `cfg` names when it is missing, or is not the data the run in checkpoint config
     `meta` was trained on (the task's verify_data: a digest saved with the run); ValueErrors naming
     `source`, the file, and `how` to proceed."""
-    field = data_field(mod)
-    path = getattr(cfg, field) if field else None
-    if path and not os.path.isfile(path):
-        raise ValueError(f"{source}: the run's {field} file {path} does not exist; {how}")
+    opt = data_option(mod)
+    path = getattr(cfg, opt.field) if opt else None
+    if path and opt.names_file(path) and not os.path.isfile(path):
+        raise ValueError(f"{source}: the run's {opt.field} file {path} does not exist; {how}")
     verify = getattr(mod, "verify_data", None)
     if verify is not None:
         verify(meta, cfg, source, how)
@@ -167,10 +178,10 @@ def evaluate_checkpoint(path, engine: str | None = None, data=None) -> tuple[dic
     ck = load_checkpoint(path)
     mod, cfg = saved_config(ck.config, path)
     if data is not None:
-        field = data_field(mod)
-        if field is None:
+        opt = data_option(mod)
+        if opt is None:
             raise ValueError(f"{path}: a {ck.config['task']} run reads no data file; drop the data argument (--data)")
-        cfg = dataclasses.replace(cfg, **{field: os.path.abspath(data)})
+        cfg = dataclasses.replace(cfg, **{opt.field: os.path.abspath(data) if opt.names_file(data) else data})
     if engine is None:
         check_saved_engine(cfg.engine, path, "evaluate it with another engine (mincore eval --engine numba)")
     else:

@@ -255,3 +255,19 @@ def test_rl_info_refusal_is_one_line(store):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.exit_code != 0 and len(lines) == 1 and lines[0].startswith("Error:"), r.stderr
     assert "minari:test/pendulum/cli-v0: episode 1: actions has shape (2, 1)" in lines[0]
+
+
+def test_the_dataset_option_takes_a_file_or_a_minari_id(tmp_path):
+    """--dataset is a file option with the minari: scheme: a missing file is refused by the command
+    line, a minari:ID passes through to the reader (and is not made into a path)."""
+    from mincore.tasks import data_option
+    from mincore.tasks import rl as rl_task
+
+    opt = data_option(rl_task)
+    assert opt.field == "dataset" and opt.names_file("x.h5") and not opt.names_file("minari:a/b-v0")
+    r = CliRunner().invoke(main, ["train", "--task", "rl", "--dataset", str(tmp_path / "none.h5"),
+                                  "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "does not exist" in r.output, r.output
+    r = CliRunner().invoke(main, ["train", "--task", "rl", "--dataset", "minari:nobody/nothing-v0",
+                                  "--out", str(tmp_path / "run")], env={"MINARI_DATASETS_PATH": str(tmp_path)})
+    assert r.exit_code == 1 and "minari download nobody/nothing-v0" in r.output, r.output

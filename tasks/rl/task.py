@@ -44,9 +44,9 @@ THREADS = 1  # CPU threads `mincore train` uses unless --threads says otherwise 
 OPTIONS = (Option("env", "MuJoCo environment. [default: halfcheetah]", choices=tuple(rl_collect.ENVS)),
            Option("kind", "dataset kind to collect when no --dataset is given. [default: medium-replay]",
                   choices=rl_collect.KINDS),
-           # not file=True: minari:ID names no file; config() makes file paths absolute
            Option("dataset", "a D4RL-layout HDF5 file, or minari:ID for a dataset in the local Minari storage "
-                             "[default: collect one with `mincore rl collect`, cached]."),
+                             "[default: collect one with `mincore rl collect`, cached].", file=True,
+                  schemes=("minari:",)),
            Option("baselines", "MLP baselines trained and scored beside the model, comma-separated: bc "
                                "(behaviour cloning), pbc (%BC: the best 10% of the steps by episode return); "
                                "'none' for neither. [default: bc,pbc]"))
