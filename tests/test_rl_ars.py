@@ -134,3 +134,14 @@ def test_an_interrupted_or_extended_run_gives_the_numbers_of_one_run(tmp_path, m
         for k in rl_data.KEYS:
             np.testing.assert_array_equal(x[k], y[k])
     assert len(list((tmp_path / "parts").glob("replay-*.npz"))) > 1
+
+
+def test_too_many_episodes_for_an_attribute_keep_their_mean_only(tmp_path, monkeypatch):
+    """An HDF5 attribute holds at most 64 KiB: per-episode returns of a large medium-replay file would not fit."""
+    one = {"observations": np.zeros((1, 11), np.float32), "actions": np.zeros((1, 3), np.float32),
+           "rewards": np.ones(1, np.float32), "terminals": np.ones(1, bool), "timeouts": np.zeros(1, bool)}
+    monkeypatch.setattr(rl_collect, "run_replay", lambda cfg, upto: [one] * 8000)
+    cfg = rl_collect.CollectConfig(kind="medium-replay", ars_iterations=1, medium_level=-100.0, **TINY)
+    ds = rl_data.load(rl_collect.collect(cfg, tmp_path / "big.h5", progress=False, workers=1))
+    assert len(ds.episodes) == 8000 and "behaviour_returns" not in ds.attrs
+    assert ds.attrs["behaviour_mean_return"] == 1.0

@@ -182,11 +182,11 @@ class ARSRun:
             first = int(p.stem.split("-")[1])
             if first > upto:
                 continue
-            with np.load(p) as z:
-                it, lens = z["rollout_iteration"], z["rollout_lengths"]
-                ends = np.cumsum(lens)
-                for i in np.flatnonzero(it <= upto):
-                    eps.append({k: z[k][ends[i] - lens[i]:ends[i]] for k in KEYS})
+            with np.load(p) as z:  # each z[k] reads the whole array again: once per chunk
+                it, lens, arrays = z["rollout_iteration"], z["rollout_lengths"], {k: z[k] for k in KEYS}
+            ends = np.cumsum(lens)
+            for i in np.flatnonzero(it <= upto):
+                eps.append({k: v[ends[i] - lens[i]:ends[i]] for k, v in arrays.items()})
         return eps
 
     def train(self, done, max_iterations: int, rollouts: Rollouts, level=None, progress=True) -> dict:

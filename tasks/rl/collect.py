@@ -271,8 +271,11 @@ def collect(cfg: CollectConfig, out=None, *, progress: bool = True, workers: int
         attrs["how"] = "uniform random actions in the action box"
     else:
         eps = _from_ars(cfg, rng, attrs, progress, workers)
-    attrs["behaviour_returns"] = np.array([float(e["rewards"].sum()) for e in eps])
-    attrs["behaviour_normalized_mean"] = float(rl_data.normalized_score(cfg.env, attrs["behaviour_returns"].mean()))
+    returns = np.array([float(e["rewards"].sum()) for e in eps])
+    if returns.nbytes <= 60_000:  # an HDF5 attribute holds at most 64 KiB (medium-replay can have more episodes)
+        attrs["behaviour_returns"] = returns
+    attrs["behaviour_mean_return"] = float(returns.mean())
+    attrs["behaviour_normalized_mean"] = float(rl_data.normalized_score(cfg.env, returns.mean()))
     rl_data.save(out, _concat(eps), attrs)
     return out
 
