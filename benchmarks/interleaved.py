@@ -22,7 +22,8 @@ def timed(fn) -> tuple[float, float, float, int]:
 def medians(cases: dict, runs: int, ref_runs: int, slow: str) -> dict:
     """name -> (median wall s, runs, median user s, median system s, median faults) after one warm-up
     call each (numba compiles, pages are touched); cases whose name starts with `slow` stop after
-    ref_runs rounds."""
+    ref_runs rounds, each followed by an untimed call of every other case (what runs right after a
+    slow case that freed gigabytes would otherwise carry its cost into that case's median)."""
     for fn in cases.values():
         fn()
     times = {name: [] for name in cases}
@@ -30,6 +31,10 @@ def medians(cases: dict, runs: int, ref_runs: int, slow: str) -> dict:
         for name, fn in cases.items():
             if r < ref_runs or not name.startswith(slow):
                 times[name].append(timed(fn))
+        if r < ref_runs:  # a slow case's gigabytes of freed temporaries and spinning threads linger:
+            for name, fn in cases.items():  # one untimed call of each fast case lets them settle
+                if not name.startswith(slow):
+                    fn()
     return {name: (statistics.median(x[0] for x in t), len(t), *(statistics.median(x[i] for x in t)
                                                                   for i in (1, 2, 3)))
             for name, t in times.items()}
