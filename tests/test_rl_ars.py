@@ -145,3 +145,10 @@ def test_too_many_episodes_for_an_attribute_keep_their_mean_only(tmp_path, monke
     ds = rl_data.load(rl_collect.collect(cfg, tmp_path / "big.h5", progress=False, workers=1))
     assert len(ds.episodes) == 8000 and "behaviour_returns" not in ds.attrs
     assert ds.attrs["behaviour_mean_return"] == 1.0
+
+
+def test_one_process_collects_two_environments():
+    with ars.Rollouts("hopper", 5, 1) as hop, ars.Rollouts("walker2d", 5, 1) as walk:
+        a = hop(np.zeros((1, 3, 11)), np.zeros(11), np.ones(11), [0])[0]
+        b = walk(np.zeros((1, 6, 17)), np.zeros(17), np.ones(17), [0])[0]
+    assert a["observations"].shape == (5, 11) and b["observations"].shape == (5, 17)

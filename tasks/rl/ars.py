@@ -87,15 +87,16 @@ def policy_of(snapshot, n_obs, n_act):
     return snapshot[:k].reshape(n_act, n_obs), snapshot[k:-n_obs], snapshot[-n_obs:]
 
 
-_ENVS: list = []  # a worker's environments (and the main process's when it runs alone)
+_ENVS: dict = {}  # env name -> a process's environments, kept across calls (the time limit is lockstep's)
 
 
 def _envs(env, horizon, n):
     from .collect import make_env
 
-    while len(_ENVS) < n:
-        _ENVS.append(make_env(env, horizon).unwrapped)
-    return _ENVS
+    envs = _ENVS.setdefault(env, [])
+    while len(envs) < n:
+        envs.append(make_env(env, horizon).unwrapped)
+    return envs
 
 
 def _run(env, horizon, W, mu, sd, seeds, action_noise):
@@ -199,7 +200,7 @@ class ARSRun:
             return s
         self.folder.mkdir(parents=True, exist_ok=True)
         for p in self.folder.glob("replay-*.npz"):  # chunks written after the last saved state
-            if s == {} or int(p.stem.split("-")[1]) >= len(s["eval_returns"]):
+            if not s or int(p.stem.split("-")[1]) >= len(s["eval_returns"]):
                 p.unlink()
         env = _envs(self.env, self.horizon, 1)[0]
         n_obs, n_act = env.observation_space.shape[0], env.action_space.shape[0]
