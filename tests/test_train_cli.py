@@ -39,7 +39,7 @@ def test_train_help_takes_each_tasks_facts_from_its_module(monkeypatch):
     from mincore.cli.options import models_help, threads_help
 
     assert "mingru or minlstm" in models_help()  # every task's, then each task's extras:
-    assert "(copy: also lru)" in models_help() and "(rl: also bc)" in models_help()
+    assert "(copy: also lru)" in models_help() and "(rl: also bc and pbc)" in models_help()
     assert "1 for copy" in threads_help() and "every free core for shakespeare" in threads_help()
     monkeypatch.setattr(C, "THREADS", 3)
     monkeypatch.setattr(C, "MODELS", ("mingru", "minlstm"))
