@@ -1,11 +1,14 @@
 """Offline RL, the `rl` task: Decision-minGRU / Decision-minLSTM on D4RL-layout data (Feng et al.
-2024, sec. 4.2), scored in the MuJoCo simulators beside a behaviour-cloning baseline.
+2024, sec. 4.2), scored in the MuJoCo simulators beside behaviour-cloning baselines (BC, %BC).
 
-    data.py     D4RL-layout files: read / write, episodes, returns-to-go, normalised scores, K-windows
-    collect.py  datasets of D4RL's kinds made locally (gymnasium MuJoCo, ARS behaviour policies)
-    model.py    DecisionRNN and the behaviour-cloning MLP
-    eval.py     scored simulator rollouts of a trained policy
-    task.py     the task module of the mincore.tasks contract (RLConfig, RLTask, train)
+    data.py       D4RL-layout files: read / write, episodes, returns-to-go, normalised scores, K-windows
+    minari_io.py  Minari datasets (the maintained successor of D4RL): read minari:ID, write collected data
+    collect.py    datasets of D4RL's kinds made locally (gymnasium MuJoCo, ARS behaviour policies)
+    ars.py        Augmented Random Search with lockstep rollouts: the behaviour policies collect.py uses
+    model.py      DecisionRNN and the behaviour-cloning MLP
+    eval.py       scored simulator rollouts of a trained policy
+    task.py       the task module of the mincore.tasks contract (RLConfig, RLTask, train)
+    table.py      `mincore rl table`: every model and baseline on every dataset, as one table
 
 The package is the task module: it re-exports task.py's names.
 """
