@@ -35,7 +35,16 @@ def rl():
                    "$XDG_CACHE_HOME/mincore or ~/.cache/mincore].")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="ARS, resets and action noise.")
 @click.option("--ars-iterations", type=click.IntRange(min=1), default=None,
-              help="ARS training iterations of the behaviour policy. [default: 60]")
+              help="At most this many ARS iterations to reach the medium level (a cached run continues). "
+                   "[default: 1000]")
+@click.option("--medium-level", type=float, default=None,
+              help="D4RL-normalised noise-free evaluation return of the medium policy. [default: D4RL's "
+                   "medium datasets: 40.7 halfcheetah, 44.3 hopper, 62.1 walker2d]")
+@click.option("--expert-iterations", type=click.IntRange(min=1), default=None,
+              help="medium-expert: ARS iterations past the medium policy; the expert is the best of them. "
+                   "[default: 100]")
+@click.option("--action-noise", type=click.FloatRange(min=0), default=None,
+              help="Std of the Gaussian noise on behaviour actions (medium, expert). [default: 0.05]")
 @click.option("--transitions", type=click.IntRange(min=1), default=None,
               help="Transitions for random / medium (each half of medium-expert). [default: 100000]")
 @click.option("--horizon", type=click.IntRange(min=1), default=None, help="Episode time limit. [default: 1000]")
@@ -45,7 +54,8 @@ def rl():
 @click.option("--dataset-id", default=None, callback=not_empty,
               help="The Minari dataset's ID (with --format minari). [default: mincore/ENV/KIND-v0]")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def collect(env, kind, out, seed, ars_iterations, transitions, horizon, fmt, dataset_id, quiet):
+def collect(env, kind, out, seed, ars_iterations, medium_level, expert_iterations, action_noise, transitions,
+            horizon, fmt, dataset_id, quiet):
     """Collect a D4RL-layout dataset (observations, actions, rewards, terminals, timeouts, plus
     attributes saying how it was made). Reuses `--out` when it holds the same settings; with
     --format minari, also a Minari dataset (kept when its ID holds this data, refused when it holds
@@ -54,7 +64,8 @@ def collect(env, kind, out, seed, ars_iterations, transitions, horizon, fmt, dat
 
     from mincore.tasks.rl import collect as rl_collect
 
-    over = {"ars_iterations": ars_iterations, "transitions": transitions, "horizon": horizon}
+    over = {"ars_iterations": ars_iterations, "medium_level": medium_level, "expert_iterations": expert_iterations,
+            "action_noise": action_noise, "transitions": transitions, "horizon": horizon}
     cfg = dataclasses.replace(rl_collect.CollectConfig(env=env, kind=kind, seed=seed),
                               **{k: v for k, v in over.items() if v is not None})
     if dataset_id is not None and fmt != "minari":
@@ -97,9 +108,9 @@ def _describe(path, ds):
     from mincore.tasks.rl.data import REF_MIN_MAX, normalized_score
 
     if env in REF_MIN_MAX:  # the D4RL reference returns exist for these environments only
-
         click.echo(f"D4RL-normalised mean return: {float(normalized_score(env, s['mean_return'])):.1f} ({env})")
-    for k in ("env_id", "minari_id", "kind", "how", "medium_eval_return", "best_eval_return"):
+    for k in ("env_id", "minari_id", "kind", "how", "medium_iteration", "medium_eval_return",
+              "medium_eval_normalized", "best_iteration", "best_eval_return", "expert_level"):
         if k in ds.attrs:
             click.echo(f"  {k}: {ds.attrs[k]}")
 

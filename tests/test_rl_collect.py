@@ -103,3 +103,22 @@ def test_train_rl_smoke_through_the_cli(tmp_path, monkeypatch):
     assert s["episodes"] == 2 and (out / "bc" / "summary.json").exists() and "normalised score" in r.output
     r = CliRunner().invoke(main, ["train", "--task", "copy", "--env", "hopper"])
     assert r.exit_code != 0 and "--task rl" in r.output
+
+
+def test_collect_command_passes_the_collection_settings_through(tmp_path, monkeypatch):
+    """mincore rl collect's options land in the CollectConfig that collect() receives."""
+    seen = {}
+
+    def fake_collect(cfg, out, progress=True):
+        seen["cfg"], seen["out"] = cfg, out
+        raise RuntimeError("stop here")
+    monkeypatch.setattr(rl_collect, "collect", fake_collect)
+    r = CliRunner().invoke(main, ["rl", "collect", "--env", "hopper", "--kind", "medium-expert", "--ars-iterations",
+                                  "7", "--medium-level", "12.5", "--expert-iterations", "3", "--action-noise", "0",
+                                  "--out", str(tmp_path / "x.h5")])
+    assert "stop here" in r.output + str(r.exception), r.output
+    c = seen["cfg"]
+    assert (c.env, c.kind, c.ars_iterations, c.medium_level, c.expert_iterations, c.action_noise) == \
+        ("hopper", "medium-expert", 7, 12.5, 3, 0.0)
+    r = CliRunner().invoke(main, ["rl", "collect", "--env", "hopper", "--kind", "medium", "--action-noise", "-1"])
+    assert r.exit_code == 2 and "--action-noise" in r.output
