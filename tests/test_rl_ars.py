@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from rl_files import HAVE_GYM, WHY
 
 from mincore.tasks.rl import ars
 from mincore.tasks.rl import collect as rl_collect
 from mincore.tasks.rl import data as rl_data
 
-try:
-    rl_collect.require_gym()
-    HAVE_GYM, WHY = True, ""
-except RuntimeError as e:
-    HAVE_GYM, WHY = False, str(e)
 pytestmark = pytest.mark.skipif(not HAVE_GYM, reason=f"gymnasium[mujoco] not importable: {WHY}")
 
 TINY = dict(env="hopper", directions=2, top=1, horizon=20, transitions=60, expert_iterations=2)

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from rl_files import HAVE_GYM, WHY
 
 from mincore.cli.main import main
 from mincore.tasks import rl
@@ -16,11 +17,6 @@ from mincore.tasks.rl import data as rl_data
 from mincore.tasks.rl import eval as rl_eval
 from mincore.tasks.rl.model import DecisionRNN
 
-try:
-    rl_collect.require_gym()
-    HAVE_GYM, WHY = True, ""
-except RuntimeError as e:
-    HAVE_GYM, WHY = False, str(e)
 needs_gym = pytest.mark.skipif(not HAVE_GYM, reason=f"gymnasium[mujoco] not importable: {WHY}")
 
 TINY = dict(env="hopper", ars_iterations=2, directions=2, top=1, horizon=20, transitions=60, medium_level=-100.0,

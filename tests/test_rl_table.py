@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 
-import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from rl_files import hopper_file
 
 from mincore.cli.main import main
 from mincore.tasks.rl import table as rl_table
@@ -48,22 +48,9 @@ def test_bad_settings_refused(change, needle):
         rl_table.TableConfig(**change).validate()
 
 
-def _hopper_file(path, n_eps=6, length=10):
-    n = n_eps * length
-    rng = np.random.default_rng(0)
-    with h5py.File(path, "w") as f:
-        f["observations"] = rng.standard_normal((n, 11)).astype(np.float32)
-        f["actions"] = rng.uniform(-1, 1, (n, 3)).astype(np.float32)
-        f["rewards"] = np.repeat(np.arange(n_eps, dtype=np.float32), length)
-        f["terminals"] = np.zeros(n, bool)
-        f["timeouts"] = np.arange(n) % length == length - 1
-        f.attrs["env"] = "hopper"
-    return str(path)
-
-
 def test_table_command_runs_then_reads_cached_runs(tmp_path):
     pytest.importorskip("mujoco")
-    data, out = _hopper_file(tmp_path / "hopper-tiny.h5"), tmp_path / "table"
+    data, out = hopper_file(tmp_path / "hopper-tiny.h5"), tmp_path / "table"
     args = ["rl", "table", "--envs", "hopper", "--dataset", data, "--seeds", "1", "--models", "mingru",
             "--steps", "2", "--episodes", "2", "--horizon", "10", "--out", str(out), "--quiet"]
     r = CliRunner().invoke(main, args)
@@ -87,7 +74,7 @@ def test_collected_rows_over_seeds(tmp_path, monkeypatch):
     """Without --dataset every env x kind is collected once (seed 0) and shared by all seeds."""
     pytest.importorskip("mujoco")
     calls = []
-    data = _hopper_file(tmp_path / "d.h5")
+    data = hopper_file(tmp_path / "d.h5")
 
     def collect(cfg, out=None, progress=True):
         calls.append((cfg.env, cfg.kind, cfg.seed, cfg.horizon))

@@ -9,6 +9,7 @@ import json
 import h5py
 import numpy as np
 import pytest
+from rl_files import hopper_file
 
 from mincore.tasks import rl
 
@@ -87,22 +88,8 @@ def test_force_replaces_a_run(tmp_path, monkeypatch):
         rl.train(cfg, out, resume=True, force=True, progress=False)
 
 
-def _returns_file(path, n_eps=10, length=10):
-    """hopper-shaped data whose episode i earns reward i per step (returns rise with i)."""
-    n = n_eps * length
-    rng = np.random.default_rng(1)
-    with h5py.File(path, "w") as f:
-        f["observations"] = rng.standard_normal((n, 11)).astype(np.float32)
-        f["actions"] = rng.uniform(-1, 1, (n, 3)).astype(np.float32)
-        f["rewards"] = np.repeat(np.arange(n_eps, dtype=np.float32), length)
-        f["terminals"] = np.zeros(n, bool)
-        f["timeouts"] = np.arange(n) % length == length - 1
-        f.attrs["env"] = "hopper"
-    return str(path)
-
-
 def test_pbc_trains_on_the_best_episodes_with_all_training_statistics(tmp_path):
-    path = _returns_file(tmp_path / "d.h5", n_eps=20)
+    path = hopper_file(tmp_path / "d.h5", n_eps=20, seed=1)
     cfg = rl.config("default", model="pbc", env="hopper", dataset=path, val_fraction=0.1, eval_windows=4,
                     pbc_fraction=0.2)
     task, bc = rl.RLTask(cfg), rl.RLTask(dataclasses.replace(cfg, model="bc"))
@@ -134,9 +121,9 @@ def test_dataset_path_made_absolute_minari_id_kept(tmp_path, monkeypatch):
 
 def _train_tiny(tmp_path, baselines, model="mingru", preset="default", dataset=None):
     pytest.importorskip("mujoco")
-    cfg = rl.config(preset, model=model, env="hopper", kind="medium", dataset=dataset or _returns_file(
-        tmp_path / "d.h5"), steps=2, eval_every=1, batch_size=2, eval_windows=2, eval_episodes=2, horizon=5,
-        baselines=baselines)
+    data = dataset or hopper_file(tmp_path / "d.h5", n_eps=10, seed=1)
+    cfg = rl.config(preset, model=model, env="hopper", kind="medium", dataset=data, steps=2, eval_every=1,
+                    batch_size=2, eval_windows=2, eval_episodes=2, horizon=5, baselines=baselines)
     return rl.train(cfg, tmp_path / "run", progress=False)
 
 
