@@ -52,17 +52,15 @@ class CpuMemoryPool:
     """Output blocks for the numba engine's results; see the module docstring."""
 
     def __init__(self, limit: int | None = None):
-        self._raw: list[np.ndarray] = []  # each block's owning array (results' .base), oldest first
-        self._start: list[int] = []  # the page-aligned offset of each block in its array
-        self._size: list[int] = []  # each block's usable bytes (its size class)
+        self._blocks: list[tuple[np.ndarray, int, int]] = []  # (owning array, aligned offset, bytes), oldest first
         self._lock = threading.Lock()
         self._limit = _default_limit() if limit is None else int(limit)
-        self._raw.append(np.empty(0, np.uint8))
-        self._idle = sys.getrefcount(self._raw[0])  # the count while only the pool refers to it
-        self._raw.clear()
+        self._blocks.append((np.empty(0, np.uint8), 0, 0))
+        self._idle = sys.getrefcount(self._blocks[0][0])  # the count while only the pool refers to it
+        self._blocks.clear()
 
-    def _free(self, i: int) -> bool:
-        return sys.getrefcount(self._raw[i]) == self._idle  # the same expression as the baseline's
+    def _free(self, block) -> bool:
+        return sys.getrefcount(block[0]) == self._idle  # measured as the baseline was: through the tuple
 
     def empty(self, shape, dtype) -> np.ndarray:
         """An uninitialised C-contiguous array, from a free block when one fits."""
@@ -72,35 +70,29 @@ class CpuMemoryPool:
             return np.empty(shape, dtype)
         size = -(-n // CLASS) * CLASS
         with self._lock:
-            i = next((i for i in range(len(self._raw)) if self._size[i] == size and self._free(i)), None)
-            if i is None:
+            block = next((b for b in self._blocks if b[2] == size and self._free(b)), None)
+            if block is None:
                 raw = np.empty(size + ALIGN, np.uint8)
-                self._raw.append(raw), self._start.append(-raw.ctypes.data % ALIGN), self._size.append(size)
+                block = (raw, -raw.ctypes.data % ALIGN, size)
                 del raw
-                i = len(self._raw) - 1
-                self._trim(keep=i)
-                i = len(self._raw) - 1  # trimming removes older blocks only: the new one stays last
-            a = self._start[i]
-            return self._raw[i][a:a + n].view(dtype).reshape(shape)
+                self._trim()  # before the new block joins: it is free until returned
+                self._blocks.append(block)
+            raw, start, _ = block
+            return raw[start:start + n].view(dtype).reshape(shape)
 
     def empty_like(self, x: np.ndarray) -> np.ndarray:
         return self.empty(x.shape, x.dtype)
 
-    def _trim(self, keep: int = -1) -> None:
-        """Release free blocks, oldest first, while the free ones exceed the limit."""
-        free = [i for i in range(len(self._raw)) if i != keep and self._free(i)]
-        excess = sum(self._size[i] for i in free) - self._limit
-        drop = set()
-        for i in free:
-            if excess <= 0:
-                break
-            drop.add(i)
-            excess -= self._size[i]
-        if drop:
-            keep_i = [i for i in range(len(self._raw)) if i not in drop]
-            self._raw = [self._raw[i] for i in keep_i]
-            self._start = [self._start[i] for i in keep_i]
-            self._size = [self._size[i] for i in keep_i]
+    def _trim(self, limit: int | None = None) -> None:
+        """Release free blocks, oldest first, while the free ones exceed `limit` (default: the pool's)."""
+        excess = sum(b[2] for b in self._blocks if self._free(b)) - (self._limit if limit is None else limit)
+        kept = []
+        for b in self._blocks:
+            if excess > 0 and self._free(b):
+                excess -= b[2]
+            else:
+                kept.append(b)
+        self._blocks = kept
 
     def set_limit(self, size: int) -> None:
         """Hold at most `size` bytes of free blocks (0: no pooling; free blocks are released now)."""
@@ -116,19 +108,17 @@ class CpuMemoryPool:
     def free_all_blocks(self) -> None:
         """Release every free block (blocks still referenced stay until their results die)."""
         with self._lock:
-            limit, self._limit = self._limit, 0
-            self._trim()
-            self._limit = limit
+            self._trim(0)
 
     def used_bytes(self) -> int:
         """Bytes of the blocks that some result still references."""
         with self._lock:
-            return sum(self._size[i] for i in range(len(self._raw)) if not self._free(i))
+            return sum(b[2] for b in self._blocks if not self._free(b))
 
     def total_bytes(self) -> int:
         """Bytes of every block the pool holds (used and free)."""
         with self._lock:
-            return sum(self._size)
+            return sum(b[2] for b in self._blocks)
 
 
 POOL = CpuMemoryPool()
