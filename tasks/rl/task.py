@@ -46,7 +46,7 @@ OPTIONS = (Option("env", "MuJoCo environment. [default: halfcheetah]", choices=t
                   choices=rl_collect.KINDS),
            Option("dataset", "a D4RL-layout HDF5 file, or minari:ID for a dataset in the local Minari storage "
                              "[default: collect one with `mincore rl collect`, cached].", file=True,
-                  schemes=("minari:",)),
+                  schemes=(minari_io.PREFIX,)),
            Option("baselines", "MLP baselines trained and scored beside the model, comma-separated: bc "
                                "(behaviour cloning), pbc (%BC: the best 10% of the steps by episode return); "
                                "'none' for neither. [default: bc,pbc]"))
