@@ -97,7 +97,6 @@ class RLConfig(LoopConfig):
         if min(self.K, self.d_model, self.n_layers, self.eval_windows, self.eval_episodes) < 1:
             raise ValueError("K, d_model, n_layers, eval_windows and eval_episodes must be >= 1")
 
-
     def baseline_names(self) -> list[str]:
         """The baselines as a list ("none" and "" give none)."""
         names = [b.strip() for b in self.baselines.split(",") if b.strip()]
