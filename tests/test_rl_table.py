@@ -39,6 +39,16 @@ def test_aggregate_over_seeds_and_over_episodes(tmp_path):
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("kind, name", [("medium", "hopper medium"), ("hopper-medium-v2", "hopper-medium-v2"),
+                                        ("mujoco/hopper/medium-v0", "mujoco/hopper/medium-v0"),
+                                        ("my-data", "hopper my-data")])
+def test_row_named_once(kind, name):
+    """A given file's stem or Minari id that already names the environment is not prefixed again."""
+    tc = rl_table.TableConfig(envs=("hopper",), kinds=("medium",), seeds=1, models=("mingru",), baselines=())
+    md = rl_table.markdown(rl_table.aggregate(tc, {("hopper", kind): {"mingru": [_summary(1.0)]}}))
+    assert f"| {name} | 1.0 ± 1.0 |" in md
+
+
 @pytest.mark.parametrize("change, needle", [(dict(envs=("pong",)), "envs"), (dict(kinds=("expert",)), "kinds"),
                                             (dict(models=("mingru", "mingru")), "distinct"),
                                             (dict(seeds=0), "seeds"),

@@ -162,6 +162,12 @@ def aggregate(tc: TableConfig, summaries: dict) -> dict:
             "over": "seeds" if tc.seeds > 1 else "episodes"}
 
 
+def _row_name(row: dict, sep: str = " ") -> str:
+    """'env kind'; a given file's stem or Minari id that already starts with the env name stands alone."""
+    kind = row["kind"]
+    return kind if kind.startswith(f"{row['env']}-") or "/" in kind else f"{row['env']}{sep}{kind}"
+
+
 def markdown(result: dict) -> str:
     """The results table in Markdown, with a caption saying what the +- is."""
     models, st = result["models"], result["settings"]
@@ -169,7 +175,7 @@ def markdown(result: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
         cells = [f"{r['cells'][m]['normalized_mean']:.1f} ± {r['cells'][m]['normalized_stderr']:.1f}" for m in models]
-        lines.append(f"| {r['env']} {r['kind']} | " + " | ".join(cells) +
+        lines.append(f"| {_row_name(r)} | " + " | ".join(cells) +
                      f" | {r['dataset_normalized_mean']:.1f} / {r['dataset_normalized_best']:.1f} |")
     n_eval = result["rows"][0]["cells"][models[0]]["episodes"] if result["rows"] else 0
     if result["over"] == "seeds":
@@ -201,7 +207,7 @@ def plot(result: dict, path) -> None:
     for i, r in enumerate(rows):
         ax.hlines(r["dataset_normalized_mean"], i - 0.45, i + 0.45, colors="k", linestyles="dashed",
                   label="dataset mean" if i == 0 else None)
-    ax.set_xticks(x, [f"{r['env']}\n{r['kind']}" for r in rows], fontsize=8)
+    ax.set_xticks(x, [_row_name(r, "\n") for r in rows], fontsize=8)
     ax.set_ylabel("D4RL-normalised score")
     ax.legend(fontsize=7)
     fig.tight_layout()
