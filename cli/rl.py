@@ -3,6 +3,7 @@ and the results table of the Decision-minRNNs beside their baselines."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -164,7 +165,7 @@ def table(envs, kinds, seeds, models, baselines, dataset, preset, steps, episode
     """
     from mincore.backend import cpu_threads
     from mincore.tasks.rl import task as rl_task
-    from mincore.tasks.rl.table import TableConfig, run
+    from mincore.tasks.rl.table import TableConfig, TableInterrupted, run
 
     if preset not in rl_task.PRESETS:
         raise click.BadParameter(f"unknown preset {preset!r}; expected one of {', '.join(rl_task.PRESETS)}",
@@ -172,7 +173,11 @@ def table(envs, kinds, seeds, models, baselines, dataset, preset, steps, episode
     base = tuple(b for b in baselines if b != "none")
     tc = TableConfig(envs=envs, kinds=kinds, seeds=seeds, models=models, baselines=base, preset=preset, out=out,
                      dataset=dataset or "", steps=steps, episodes=episodes, horizon=horizon)
-    with cpu_threads(rl_task.THREADS):
-        run(tc, progress=not quiet, say=lambda line: click.echo(line, err=True))
+    try:
+        with cpu_threads(rl_task.THREADS):
+            run(tc, progress=not quiet, say=lambda line: click.echo(line, err=True))
+    except TableInterrupted as e:
+        click.echo(str(e), err=True)
+        sys.exit(130)
     click.echo((Path(out) / "table.md").read_text())
     click.echo(f"files in {out}/: table.md table.json table.png, and a folder of runs per dataset")

@@ -5,6 +5,9 @@ JSON / PNG files, cached runs read instead of run again; tiny runs on a syntheti
 from __future__ import annotations
 
 import json
+import os
+import signal
+import traceback
 
 import numpy as np
 import pytest
@@ -66,7 +69,7 @@ def test_table_command_runs_then_reads_cached_runs(tmp_path):
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, (r.output, r.exception)
     assert "[1/3] hopper hopper-tiny Decision-minGRU seed 0: training" in r.stderr
-    assert "| hopper hopper-tiny |" in r.stdout and "evaluation episodes" in r.stdout
+    assert "| hopper-tiny |" in r.stdout and "evaluation episodes" in r.stdout
     res = json.loads((out / "table.json").read_text())
     assert res["models"] == ["mingru", "bc", "pbc"] and res["over"] == "episodes"
     assert set(res["rows"][0]["cells"]) == {"mingru", "bc", "pbc"}
@@ -78,6 +81,38 @@ def test_table_command_runs_then_reads_cached_runs(tmp_path):
     args[args.index("--steps") + 1] = "3"
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0 and r.stderr.count("training") == 3, r.stderr  # other settings: run again
+
+
+def test_an_interrupted_run_stops_the_table_and_the_same_command_continues_it(tmp_path, monkeypatch):
+    """SIGTERM in a run: a one-line message and exit 130, no traceback; the rerun resumes that run from
+    its checkpoint (not from step 0) and ends as an uninterrupted table does."""
+    pytest.importorskip("mujoco")
+    data, out = hopper_file(tmp_path / "hopper-tiny.h5"), tmp_path / "table"
+    args = ["rl", "table", "--envs", "hopper", "--dataset", data, "--seeds", "1", "--models", "mingru",
+            "--baselines", "bc", "--steps", "4", "--episodes", "2", "--horizon", "10", "--quiet"]
+    orig, calls = rl_table.rl_task.RLTask.batch, [0]
+
+    def batch(self, rng, size):
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return orig(self, rng, size)
+    monkeypatch.setattr(rl_table.rl_task.RLTask, "batch", batch)
+    r = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert r.exit_code == 130, r.output
+    assert "interrupted at step 2 (SIGTERM)" in r.stderr and "the same command continues" in r.stderr
+    assert "Traceback" not in r.output and not (out / "table.md").exists()
+    monkeypatch.setattr(rl_table.rl_task.RLTask, "batch", orig)
+    r = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert "Decision-minGRU seed 0: continuing the interrupted run in" in r.stderr and "BC seed 0: training" in r.stderr
+    events = [json.loads(line) for line in (out / "hopper-hopper-tiny" / "mingru-seed0" / "metrics.jsonl").open()]
+    assert [e["step"] for e in events if e.get("event") == "interrupted"] == [2]  # kept: continued, not replaced
+    r = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "straight")])  # never interrupted
+    assert r.exit_code == 0, (r.output, r.exc_info and traceback.format_exception(*r.exc_info))
+    a, b = (json.loads((d / "hopper-hopper-tiny" / "mingru-seed0" / "summary.json").read_text())
+            for d in (out, tmp_path / "straight"))
+    assert a["loss"] == b["loss"] and a["returns"] == b["returns"]
 
 
 def test_collected_rows_over_seeds(tmp_path, monkeypatch):

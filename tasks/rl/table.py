@@ -6,7 +6,8 @@ seed, one `mincore train --task rl` run with no baselines of its own goes into
     OUT/<env>-<kind>/<model>-seed<k>/
 BC and %BC are runs of models `bc` / `pbc`: the same loop and the same step budget as the baselines
 inside a training run. A folder whose summary.json holds a scored run of exactly these settings is
-read, not run again; a folder holding anything else is replaced.
+read, not run again; one holding an interrupted run of these settings (Ctrl-C, SIGTERM: a checkpoint
+and no summary) is continued from its checkpoint; a folder holding anything else is replaced.
 
 Each cell: the D4RL-normalised score, mean +- standard error over the training seeds when there are
 several (each seed's score is the mean over its evaluation episodes), else the one run's mean +-
@@ -30,7 +31,7 @@ from . import data as rl_data
 from . import minari_io
 from . import task as rl_task
 
-__all__ = ["TableConfig", "run", "aggregate", "markdown", "plot"]
+__all__ = ["TableConfig", "TableInterrupted", "run", "aggregate", "markdown", "plot"]
 
 
 @dataclass(frozen=True)
@@ -89,14 +90,28 @@ def _datasets(tc: TableConfig, progress: bool, say) -> list[tuple[str, str, str]
     return rows
 
 
-def _cached(folder: Path, cfg) -> dict | None:
-    """The summary of a scored run of exactly `cfg` in `folder`, else None."""
-    try:
+class TableInterrupted(RuntimeError):
+    """Ctrl-C or SIGTERM stopped one of the table's runs (its checkpoint is saved); the same table
+    command continues that run, then the rest."""
+
+
+def _state(folder: Path, cfg) -> tuple[str, dict | None]:
+    """What `folder` holds for `cfg`: ("scored", summary) for a scored run of exactly these settings,
+    ("stopped", None) for an interrupted one (config.json of these settings, a checkpoint, no summary),
+    else ("new", None): nothing, or anything else, which is replaced."""
+    def same(path):
+        try:
+            return json.loads((folder / path).read_text()).get("config") == json.loads(json.dumps(
+                dataclasses.asdict(cfg)))
+        except (OSError, ValueError, AttributeError):
+            return False
+    if same("summary.json"):
         s = json.loads((folder / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-    same = json.loads(json.dumps(dataclasses.asdict(cfg))) == s.get("config")
-    return s if same and isinstance(s, dict) and "normalized_score" in s else None
+        if "normalized_score" in s:
+            return "scored", s
+    elif not (folder / "summary.json").exists() and (folder / "checkpoint.h5").exists() and same("config.json"):
+        return "stopped", None
+    return "new", None
 
 
 def _folder_name(label: str) -> str:
@@ -115,14 +130,17 @@ def run(tc: TableConfig, *, progress: bool = True, say=print) -> dict:
         cfg = tc.run_config(model, seed, env, kind if kind in rl_collect.KINDS else None, path)
         folder = out / _folder_name(f"{env}-{kind}") / f"{model}-seed{seed}"
         head = f"[{i}/{len(runs)}] {env} {kind} {rl_task.LABELS[model]} seed {seed}"
-        s = _cached(folder, cfg)
-        if s is None:
-            say(f"{head}: training into {folder}")
-            t0 = time.perf_counter()
-            s = rl_task.train(cfg, folder, force=True, progress=progress)
-            say(f"{head}: normalised score {s['normalized_score']:.1f} ({time.perf_counter() - t0:.0f} s)")
-        else:
+        state, s = _state(folder, cfg)
+        if state == "scored":
             say(f"{head}: read from {folder} (normalised score {s['normalized_score']:.1f})")
+        else:
+            say(f"{head}: {'continuing the interrupted run in' if state == 'stopped' else 'training into'} {folder}")
+            t0 = time.perf_counter()
+            s = rl_task.train(cfg, folder, resume=state == "stopped", force=state == "new", progress=progress)
+            if s["status"] == "interrupted":
+                raise TableInterrupted(f"{head}: interrupted at step {s['steps']} ({s['signal']}), checkpoint "
+                                       f"saved; the same command continues this run, then the rest of the table")
+            say(f"{head}: normalised score {s['normalized_score']:.1f} ({time.perf_counter() - t0:.0f} s)")
         summaries.setdefault((env, kind), {}).setdefault(model, []).append(s)
     result = aggregate(tc, summaries)
     out.mkdir(parents=True, exist_ok=True)
