@@ -156,7 +156,8 @@ def table(envs, kinds, seeds, models, baselines, dataset, preset, steps, episode
     """Score Decision-minGRU, Decision-minLSTM, BC and %BC on each dataset and write the results
     table: OUT/table.md, table.json and a bar plot table.png (D4RL-normalised mean +- standard
     error over seeds, or over evaluation episodes with one seed). Runs already in OUT with the same
-    settings are read, not run again. Needs `pip install 'mincore[rl]'`.
+    settings are read, not run again; after Ctrl-C the same command continues the interrupted run
+    from its checkpoint. Needs `pip install 'mincore[rl]'`.
 
     \b
     Examples:

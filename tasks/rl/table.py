@@ -99,19 +99,22 @@ def _state(folder: Path, cfg) -> tuple[str, dict | None]:
     """What `folder` holds for `cfg`: ("scored", summary) for a scored run of exactly these settings,
     ("stopped", None) for an interrupted one (config.json of these settings, a checkpoint, no summary),
     else ("new", None): nothing, or anything else, which is replaced."""
-    def same(path):
-        try:
-            return json.loads((folder / path).read_text()).get("config") == json.loads(json.dumps(
-                dataclasses.asdict(cfg)))
-        except (OSError, ValueError, AttributeError):
-            return False
-    if same("summary.json"):
-        s = json.loads((folder / "summary.json").read_text())
-        if "normalized_score" in s:
-            return "scored", s
-    elif not (folder / "summary.json").exists() and (folder / "checkpoint.h5").exists() and same("config.json"):
+    want = json.loads(json.dumps(dataclasses.asdict(cfg)))  # as the run wrote it (tuples become lists)
+    summary, config = _json(folder / "summary.json"), _json(folder / "config.json")
+    if summary is not None:
+        return ("scored", summary) if summary.get("config") == want and "normalized_score" in summary else ("new", None)
+    if config is not None and config.get("config") == want and (folder / "checkpoint.h5").exists():
         return "stopped", None
     return "new", None
+
+
+def _json(path: Path) -> dict | None:
+    """A run file's JSON object; None when missing or unreadable."""
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) else None
 
 
 def _folder_name(label: str) -> str:
