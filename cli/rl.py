@@ -133,7 +133,7 @@ def _names(allowed):
 @click.option("--envs", default="halfcheetah", show_default=True, callback=_names(tuple(ENVS)),
               help="Environments, comma-separated.")
 @click.option("--kinds", default="medium,medium-replay,medium-expert", show_default=True,
-              callback=_names(KINDS), help="Dataset kinds, comma-separated (collected once each, seed 0, cached).")
+              callback=_names(KINDS), help="Dataset kinds, comma-separated (collected once each, cached).")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Training seeds per model and dataset (0 .. N-1).")
 @click.option("--models", default="mingru,minlstm", show_default=True, callback=_names(("mingru", "minlstm")),
@@ -149,10 +149,17 @@ def _names(allowed):
               help="Evaluation episodes per run [default: the preset's].")
 @click.option("--horizon", type=click.IntRange(min=1), default=None,
               help="Episode time limit in collection and evaluation. [default: 1000]")
+@click.option("--collect-seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="ARS seed of the collected datasets (as `mincore rl collect --seed`); rows of another seed "
+                   "say so.")
+@click.option("--medium-level", type=float, default=None,
+              help="Medium level of the collection, D4RL-normalised (as `mincore rl collect --medium-level`; one "
+                   "--envs); the rows say so. [default: D4RL's]")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/rl-table", show_default=True,
               callback=not_empty, help="Folder of the runs (one per dataset, model and seed) and the table.")
 @click.option("--quiet", is_flag=True, help="No progress bars (one line per run still).")
-def table(envs, kinds, seeds, models, baselines, dataset, preset, steps, episodes, horizon, out, quiet):
+def table(envs, kinds, seeds, models, baselines, dataset, preset, steps, episodes, horizon, collect_seed,
+          medium_level, out, quiet):
     """Score Decision-minGRU, Decision-minLSTM, BC and %BC on each dataset and write the results
     table: OUT/table.md, table.json and a bar plot table.png (D4RL-normalised mean +- standard
     error over seeds, or over evaluation episodes with one seed). Runs already in OUT with the same
@@ -173,7 +180,8 @@ def table(envs, kinds, seeds, models, baselines, dataset, preset, steps, episode
                                  param_hint="--preset")
     base = tuple(b for b in baselines if b != "none")
     tc = TableConfig(envs=envs, kinds=kinds, seeds=seeds, models=models, baselines=base, preset=preset, out=out,
-                     dataset=dataset or "", steps=steps, episodes=episodes, horizon=horizon)
+                     dataset=dataset or "", steps=steps, episodes=episodes, horizon=horizon,
+                     collect_seed=collect_seed, medium_level=medium_level)
     try:
         with cpu_threads(rl_task.THREADS):
             run(tc, progress=not quiet, say=lambda line: click.echo(line, err=True))

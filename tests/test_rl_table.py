@@ -55,7 +55,11 @@ def test_row_named_once(kind, name):
 @pytest.mark.parametrize("change, needle", [(dict(envs=("pong",)), "envs"), (dict(kinds=("expert",)), "kinds"),
                                             (dict(models=("mingru", "mingru")), "distinct"),
                                             (dict(seeds=0), "seeds"),
-                                            (dict(dataset="d.h5", envs=("hopper", "walker2d")), "one environment")])
+                                            (dict(dataset="d.h5", envs=("hopper", "walker2d")), "one environment"),
+                                            (dict(collect_seed=-1), "collect_seed"),
+                                            (dict(envs=("hopper", "walker2d"), medium_level=50.0), "medium_level"),
+                                            (dict(envs=("hopper",), dataset="d.h5", medium_level=50.0), "dataset"),
+                                            (dict(envs=("hopper",), medium_level=float("nan")), "finite")])
 def test_bad_settings_refused(change, needle):
     with pytest.raises(ValueError, match=needle):
         rl_table.TableConfig(**change).validate()
@@ -134,3 +138,22 @@ def test_collected_rows_over_seeds(tmp_path, monkeypatch):
     assert len(res["rows"][1]["cells"]["minlstm"]["per_seed"]) == 2
     assert (tmp_path / "t" / "hopper-medium-replay" / "minlstm-seed1" / "summary.json").exists()
     assert sum("training into" in line for line in lines) == 4
+
+
+def test_another_collection_seed_or_medium_level_names_the_row(tmp_path, monkeypatch):
+    """--collect-seed / --medium-level reach the collection, and the row and its folder say so."""
+    pytest.importorskip("mujoco")
+    calls, data = [], hopper_file(tmp_path / "d.h5")
+
+    def collect(cfg, out=None, progress=True):
+        calls.append((cfg.kind, cfg.seed, cfg.level))
+        return data
+    monkeypatch.setattr(rl_table.rl_collect, "collect", collect)
+    tc = rl_table.TableConfig(envs=("hopper",), kinds=("medium",), seeds=1, models=("mingru",), baselines=(),
+                              steps=1, episodes=2, horizon=10, out=str(tmp_path / "t"), collect_seed=1,
+                              medium_level=30.0)
+    res = rl_table.run(tc, progress=False, say=lambda line: None)
+    assert calls == [("medium", 1, 30.0)]
+    assert res["rows"][0]["kind"] == "medium (collection seed 1, medium level 30)"
+    assert "| hopper medium (collection seed 1, medium level 30) |" in rl_table.markdown(res)
+    assert (tmp_path / "t" / "hopper-medium_collection_seed_1_medium_level_30" / "mingru-seed0" / "summary.json").exists()

@@ -1,9 +1,12 @@
 """`mincore rl table`: Decision-minGRU, Decision-minLSTM, BC and %BC on each dataset, as one table.
 
-For every dataset (env x kind, collected once with collection seed 0 and the preset's collection
-settings, shared by all models and seeds; or one given file / minari:ID) and every model and training
-seed, one `mincore train --task rl` run with no baselines of its own goes into
+For every dataset (env x kind, collected once with the collection seed (0, as D4RL's files are one
+fixed collection) and the preset's collection settings, shared by all models and seeds; or one given
+file / minari:ID) and every model and training seed, one `mincore train --task rl` run with no
+baselines of its own goes into
     OUT/<env>-<kind>/<model>-seed<k>/
+A collection seed other than 0 or a medium level other than D4RL's names the row (and its folder):
+`medium (collection seed 1)`, `medium (medium level 50)`.
 BC and %BC are runs of models `bc` / `pbc`: the same loop and the same step budget as the baselines
 inside a training run. A folder whose summary.json holds a scored run of exactly these settings is
 read, not run again; one holding an interrupted run of these settings (Ctrl-C, SIGTERM: a checkpoint
@@ -47,6 +50,8 @@ class TableConfig:
     steps: int | None = None              # training steps of every run (smoke tests); None: the preset's
     episodes: int | None = None           # evaluation episodes; None: the preset's
     horizon: int | None = None            # episode time limit in collection and evaluation
+    collect_seed: int = 0                 # ARS seed of the collected datasets (D4RL's are one fixed collection)
+    medium_level: float | None = None     # collection's medium level, D4RL-normalised (None: D4RL's; one env)
 
     def validate(self):
         if not self.envs or any(e not in rl_collect.ENVS for e in self.envs):
@@ -61,6 +66,14 @@ class TableConfig:
                              f"{list(self.models)} / {list(self.baselines)}")
         if self.seeds < 1:
             raise ValueError(f"seeds: expected at least 1, got {self.seeds}")
+        if self.collect_seed < 0:
+            raise ValueError(f"collect_seed: expected an integer >= 0, got {self.collect_seed}")
+        if self.medium_level is not None and (len(self.envs) != 1 or self.dataset):
+            raise ValueError(f"medium_level: D4RL's medium levels differ by environment (40.7 halfcheetah, 44.3 "
+                             f"hopper, 62.1 walker2d), so another level is for one environment and collected data; "
+                             f"got envs {list(self.envs)}" + (f" and dataset {self.dataset!r}" if self.dataset else ""))
+        if self.medium_level is not None and not np.isfinite(self.medium_level):
+            raise ValueError(f"medium_level: expected a finite D4RL-normalised level, got {self.medium_level}")
 
     def run_config(self, model: str, seed: int, env: str, kind: str | None, dataset: str) -> rl_task.RLConfig:
         """One run's Config: the preset, these settings, no baselines of its own."""
@@ -75,18 +88,23 @@ class TableConfig:
                                    log_every=min(cfg.log_every, cfg.steps))
 
 
-def _datasets(tc: TableConfig, progress: bool, say) -> list[tuple[str, str, str]]:
-    """[(env, kind label, dataset path or minari:ID)] of the table's rows, collecting what is missing."""
+def _datasets(tc: TableConfig, progress: bool, say) -> list[tuple[str, str | None, str, str]]:
+    """[(env, kind or None for a given file, row label, dataset path or minari:ID)] of the table's rows,
+    collecting what is missing."""
     if tc.dataset:
         label = minari_io.dataset_id(tc.dataset) if minari_io.is_minari(tc.dataset) else Path(tc.dataset).stem
-        return [(tc.envs[0], label, tc.dataset)]
+        return [(tc.envs[0], None, label, tc.dataset)]
+    unusual = ([f"collection seed {tc.collect_seed}"] if tc.collect_seed else []) + \
+        ([f"medium level {tc.medium_level:g}"] if tc.medium_level is not None else [])
     rows = []
     for env in tc.envs:
         for kind in tc.kinds:
-            say(f"dataset {env} {kind}: collecting (or reading the cached one)")
-            cfg = rl_task.config(tc.preset, env=env, kind=kind, seed=0,
+            label = f"{kind} ({', '.join(unusual)})" if unusual else kind
+            say(f"dataset {env} {label}: collecting (or reading the cached one)")
+            cfg = rl_task.config(tc.preset, env=env, kind=kind, seed=tc.collect_seed,
                                  **({"horizon": tc.horizon} if tc.horizon else {}))
-            rows.append((env, kind, str(rl_collect.collect(rl_task.collect_config(cfg), progress=progress))))
+            cc = dataclasses.replace(rl_task.collect_config(cfg), medium_level=tc.medium_level)
+            rows.append((env, kind, label, str(rl_collect.collect(cc, progress=progress))))
     return rows
 
 
@@ -118,7 +136,7 @@ def _json(path: Path) -> dict | None:
 
 
 def _folder_name(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")
 
 
 def run(tc: TableConfig, *, progress: bool = True, say=print) -> dict:
@@ -129,10 +147,10 @@ def run(tc: TableConfig, *, progress: bool = True, say=print) -> dict:
     rows = _datasets(tc, progress, say)
     runs = [(r, m, k) for r in rows for m in (*tc.models, *tc.baselines) for k in range(tc.seeds)]
     summaries: dict = {}
-    for i, ((env, kind, path), model, seed) in enumerate(runs, 1):
-        cfg = tc.run_config(model, seed, env, kind if kind in rl_collect.KINDS else None, path)
-        folder = out / _folder_name(f"{env}-{kind}") / f"{model}-seed{seed}"
-        head = f"[{i}/{len(runs)}] {env} {kind} {rl_task.LABELS[model]} seed {seed}"
+    for i, ((env, kind, label, path), model, seed) in enumerate(runs, 1):
+        cfg = tc.run_config(model, seed, env, kind, path)
+        folder = out / _folder_name(f"{env}-{label}") / f"{model}-seed{seed}"
+        head = f"[{i}/{len(runs)}] {env} {label} {rl_task.LABELS[model]} seed {seed}"
         state, s = _state(folder, cfg)
         if state == "scored":
             say(f"{head}: read from {folder} (normalised score {s['normalized_score']:.1f})")
@@ -144,7 +162,7 @@ def run(tc: TableConfig, *, progress: bool = True, say=print) -> dict:
                 raise TableInterrupted(f"{head}: interrupted at step {s['steps']} ({s['signal']}), checkpoint "
                                        f"saved; the same command continues this run, then the rest of the table")
             say(f"{head}: normalised score {s['normalized_score']:.1f} ({time.perf_counter() - t0:.0f} s)")
-        summaries.setdefault((env, kind), {}).setdefault(model, []).append(s)
+        summaries.setdefault((env, label), {}).setdefault(model, []).append(s)
     result = aggregate(tc, summaries)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.json").write_text(json.dumps(result, indent=1))
