@@ -156,4 +156,5 @@ def test_another_collection_seed_or_medium_level_names_the_row(tmp_path, monkeyp
     assert calls == [("medium", 1, 30.0)]
     assert res["rows"][0]["kind"] == "medium (collection seed 1, medium level 30)"
     assert "| hopper medium (collection seed 1, medium level 30) |" in rl_table.markdown(res)
-    assert (tmp_path / "t" / "hopper-medium_collection_seed_1_medium_level_30" / "mingru-seed0" / "summary.json").exists()
+    folder = tmp_path / "t" / "hopper-medium_collection_seed_1_medium_level_30"
+    assert (folder / "mingru-seed0" / "summary.json").exists()
