@@ -246,7 +246,7 @@ def plot(result: dict, path) -> None:
     for i, r in enumerate(rows):
         ax.hlines(r["dataset_normalized_mean"], i - 0.45, i + 0.45, colors="k", linestyles="dashed",
                   label="dataset mean" if i == 0 else None)
-    ax.set_xticks(x, [_row_name(r, "\n") for r in rows], fontsize=8)
+    ax.set_xticks(x, [_row_name(r, "\n").replace(" (", "\n(") for r in rows], fontsize=8)  # a note: own line
     ax.set_ylabel("D4RL-normalised score")
     ax.legend(fontsize=7)
     fig.tight_layout()
