@@ -10,7 +10,7 @@ import click
 
 from mincore.tasks.rl.collect import ENVS, KINDS
 
-from .options import SEED, not_empty
+from .options import SEED, not_empty, warn_threads
 
 
 @click.group()
@@ -157,9 +157,12 @@ def _names(allowed):
                    "--envs); the rows say so. [default: D4RL's]")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/rl-table", show_default=True,
               callback=not_empty, help="Folder of the runs (one per dataset, model and seed) and the table.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs trained at once, each in its own process on one thread (a line as each ends, no "
+                   "progress bars); at most the CPUs this process may use.")
 @click.option("--quiet", is_flag=True, help="No progress bars (one line per run still).")
 def table(envs, kinds, seeds, models, baselines, dataset, preset, steps, episodes, horizon, collect_seed,
-          medium_level, out, quiet):
+          medium_level, out, jobs, quiet):
     """Score Decision-minGRU, Decision-minLSTM, BC and %BC on each dataset and write the results
     table: OUT/table.md, table.json and a bar plot table.png (D4RL-normalised mean +- standard
     error over seeds, or over evaluation episodes with one seed). Runs already in OUT with the same
@@ -170,8 +173,9 @@ def table(envs, kinds, seeds, models, baselines, dataset, preset, steps, episode
     Examples:
       mincore rl table --envs halfcheetah --seeds 3
       mincore rl table --envs hopper,walker2d --kinds medium --seeds 1 --out runs/table-hw
+      mincore rl table --envs halfcheetah --seeds 3 --jobs 2      # two runs at a time
     """
-    from mincore.backend import cpu_threads
+    from mincore.backend import cpu_count, cpu_threads, keep_freed_memory
     from mincore.tasks.rl import task as rl_task
     from mincore.tasks.rl.table import TableConfig, TableInterrupted, run
 
@@ -183,8 +187,10 @@ def table(envs, kinds, seeds, models, baselines, dataset, preset, steps, episode
                      dataset=dataset or "", steps=steps, episodes=episodes, horizon=horizon,
                      collect_seed=collect_seed, medium_level=medium_level)
     try:
+        warn_threads(jobs, "--jobs")
+        keep_freed_memory()  # each step's activations reuse freed memory, as in mincore train
         with cpu_threads(rl_task.THREADS):
-            run(tc, progress=not quiet, say=lambda line: click.echo(line, err=True))
+            run(tc, progress=not quiet, say=lambda line: click.echo(line, err=True), jobs=min(jobs, cpu_count()))
     except TableInterrupted as e:
         click.echo(str(e), err=True)
         sys.exit(130)

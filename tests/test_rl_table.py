@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 import traceback
 
 import numpy as np
@@ -158,3 +161,73 @@ def test_another_collection_seed_or_medium_level_names_the_row(tmp_path, monkeyp
     assert "| hopper medium (collection seed 1, medium level 30) |" in rl_table.markdown(res)
     folder = tmp_path / "t" / "hopper-medium_collection_seed_1_medium_level_30"
     assert (folder / "mingru-seed0" / "summary.json").exists()
+
+
+def _tiny_table(tmp_path, out, **kw):
+    data = hopper_file(tmp_path / "hopper-tiny.h5")
+    return rl_table.TableConfig(envs=("hopper",), dataset=data, seeds=2, models=("mingru",), baselines=("bc",),
+                                episodes=2, horizon=10, out=str(tmp_path / out), **kw)
+
+
+def test_runs_in_worker_processes_give_the_numbers_of_one_process(tmp_path):
+    """--jobs 2: the same summaries as one run at a time (each run depends only on its settings)."""
+    pytest.importorskip("mujoco")
+    lines = []
+    a = rl_table.run(_tiny_table(tmp_path, "one", steps=3), progress=False, say=lambda line: None)
+    b = rl_table.run(_tiny_table(tmp_path, "two", steps=3), progress=False, say=lines.append, jobs=2)
+    assert "4 runs, 2 at a time (one thread each); a line as each one ends" in lines
+    assert sum("normalised score" in line for line in lines) == 4
+    for ra, rb in zip(a["rows"], b["rows"], strict=True):
+        for m in ("mingru", "bc"):
+            assert ra["cells"][m]["per_seed"] == rb["cells"][m]["per_seed"]
+    for run in ("mingru-seed1", "bc-seed0"):
+        sa, sb = (json.loads((tmp_path / d / "hopper-hopper-tiny" / run / "summary.json").read_text())
+                  for d in ("one", "two"))
+        assert sa["loss"] == sb["loss"] and sa["returns"] == sb["returns"]
+
+
+TABLE_JOBS = """
+import sys
+from mincore.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_stops_every_worker_at_a_checkpoint(tmp_path):
+    """SIGTERM to the table's process with --jobs 2: both running runs checkpoint, exit 130, one line
+    naming them, and the rerun finds them interrupted (to be continued), not replaced."""
+    pytest.importorskip("mujoco")
+    data, out = hopper_file(tmp_path / "hopper-tiny.h5"), tmp_path / "table"
+    args = ["rl", "table", "--envs", "hopper", "--dataset", data, "--seeds", "2", "--models", "mingru",
+            "--baselines", "none", "--steps", "100000", "--episodes", "2", "--horizon", "10", "--quiet",
+            "--jobs", "2", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-c", TABLE_JOBS, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "NUMBA_NUM_THREADS": "1"})
+    runs = [out / "hopper-hopper-tiny" / f"mingru-seed{k}" for k in (0, 1)]
+    deadline = time.monotonic() + 240
+    while not all((r / "metrics.jsonl").exists() and '"train"' in (r / "metrics.jsonl").read_text() for r in runs):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err
+    assert "interrupted (SIGTERM); checkpoints saved: [1/2]" in err and "[2/2]" in err, err
+    assert "Traceback" not in err
+    for r in runs:
+        assert (r / "checkpoint.h5").exists() and not (r / "summary.json").exists()
+        events = [json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()]
+        assert any(e.get("event") == "interrupted" for e in events)
+
+
+def test_a_failing_run_stops_the_others_and_its_error_is_raised(tmp_path):
+    """A worker's error: the other running worker is stopped at a checkpoint, then the error is raised."""
+    pytest.importorskip("mujoco")
+    tc = _tiny_table(tmp_path, "t", steps=100000)
+    good = rl_table.Job(1, "[1/2] good", tc.run_config("mingru", 0, "hopper", None, tc.dataset),
+                        tmp_path / "t" / "good", "new")
+    bad = rl_table.Job(2, "[2/2] bad", tc.run_config("mingru", 0, "hopper", None, str(tmp_path / "missing.h5")),
+                       tmp_path / "t" / "bad", "new")
+    with pytest.raises(Exception, match="missing.h5"):
+        rl_table.run_parallel([good, bad], 2, say=lambda line: None)
+    assert (tmp_path / "t" / "good" / "checkpoint.h5").exists()
+    assert not (tmp_path / "t" / "good" / "summary.json").exists()

@@ -11,6 +11,7 @@ BC and %BC are runs of models `bc` / `pbc`: the same loop and the same step budg
 inside a training run. A folder whose summary.json holds a scored run of exactly these settings is
 read, not run again; one holding an interrupted run of these settings (Ctrl-C, SIGTERM: a checkpoint
 and no summary) is continued from its checkpoint; a folder holding anything else is replaced.
+The runs go one at a time in this process, or N at a time in worker processes (jobs.py).
 
 Each cell: the D4RL-normalised score, mean +- standard error over the training seeds when there are
 several (each seed's score is the mean over its evaluation episodes), else the one run's mean +-
@@ -23,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from . import collect as rl_collect
 from . import data as rl_data
 from . import minari_io
 from . import task as rl_task
+from .jobs import Job, TableInterrupted, run_one, run_parallel
 
 __all__ = ["TableConfig", "TableInterrupted", "run", "aggregate", "markdown", "plot"]
 
@@ -108,11 +109,6 @@ def _datasets(tc: TableConfig, progress: bool, say) -> list[tuple[str, str | Non
     return rows
 
 
-class TableInterrupted(RuntimeError):
-    """Ctrl-C or SIGTERM stopped one of the table's runs (its checkpoint is saved); the same table
-    command continues that run, then the rest."""
-
-
 def _state(folder: Path, cfg) -> tuple[str, dict | None]:
     """What `folder` holds for `cfg`: ("scored", summary) for a scored run of exactly these settings,
     ("stopped", None) for an interrupted one (config.json of these settings, a checkpoint, no summary),
@@ -139,14 +135,15 @@ def _folder_name(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_")
 
 
-def run(tc: TableConfig, *, progress: bool = True, say=print) -> dict:
-    """Run (or read) every run of the table; write table.md / .json / .png into tc.out; the results."""
+def run(tc: TableConfig, *, progress: bool = True, say=print, jobs: int = 1) -> dict:
+    """Run (or read) every run of the table, `jobs` at a time (tasks/rl/jobs.py); write table.md / .json /
+    .png into tc.out; the results."""
     tc.validate()
     rl_collect.require_gym()
     out = Path(tc.out)
     rows = _datasets(tc, progress, say)
     runs = [(r, m, k) for r in rows for m in (*tc.models, *tc.baselines) for k in range(tc.seeds)]
-    summaries: dict = {}
+    done, todo = {}, []
     for i, ((env, kind, label, path), model, seed) in enumerate(runs, 1):
         cfg = tc.run_config(model, seed, env, kind, path)
         folder = out / _folder_name(f"{env}-{label}") / f"{model}-seed{seed}"
@@ -154,15 +151,16 @@ def run(tc: TableConfig, *, progress: bool = True, say=print) -> dict:
         state, s = _state(folder, cfg)
         if state == "scored":
             say(f"{head}: read from {folder} (normalised score {s['normalized_score']:.1f})")
+            done[i] = s
         else:
-            say(f"{head}: {'continuing the interrupted run in' if state == 'stopped' else 'training into'} {folder}")
-            t0 = time.perf_counter()
-            s = rl_task.train(cfg, folder, resume=state == "stopped", force=state == "new", progress=progress)
-            if s["status"] == "interrupted":
-                raise TableInterrupted(f"{head}: interrupted at step {s['steps']} ({s['signal']}), checkpoint "
-                                       f"saved; the same command continues this run, then the rest of the table")
-            say(f"{head}: normalised score {s['normalized_score']:.1f} ({time.perf_counter() - t0:.0f} s)")
-        summaries.setdefault((env, label), {}).setdefault(model, []).append(s)
+            todo.append(Job(i, head, cfg, folder, state))
+    if jobs > 1 and len(todo) > 1:
+        done.update(run_parallel(todo, min(jobs, len(todo)), say))
+    else:
+        done.update({job.index: run_one(job, progress, say) for job in todo})
+    summaries: dict = {}
+    for i, ((env, _, label, _), model, _) in enumerate(runs, 1):
+        summaries.setdefault((env, label), {}).setdefault(model, []).append(done[i])
     result = aggregate(tc, summaries)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.json").write_text(json.dumps(result, indent=1))
