@@ -14,6 +14,7 @@ raised, so no worker is left training behind an error message.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -67,7 +68,8 @@ _STOP = None  # a worker's multiprocessing.Event: set by the table's process to 
 def _init_worker(stop) -> None:
     global _STOP
     _STOP = stop
-    os.setpgrp()  # a terminal's Ctrl-C reaches the table's process only; it decides what workers get
+    if hasattr(os, "setpgrp"):  # POSIX
+        os.setpgrp()  # a terminal's Ctrl-C reaches the table's process only; it decides what workers get
 
 
 def _watch(finished: threading.Event) -> None:
@@ -105,8 +107,10 @@ def run_parallel(todo: list[Job], jobs: int, say) -> dict[int, dict]:
 
     ctx = multiprocessing.get_context("spawn")
     stop, signals = ctx.Event(), []
-    prev = {sig: signal.signal(sig, lambda signum, frame: signals.append(signum))
-            for sig in (signal.SIGINT, signal.SIGTERM)}
+    prev = {}
+    with contextlib.suppress(ValueError):  # not the main thread: signals keep their handlers there
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            prev[sig] = signal.signal(sig, lambda signum, frame: signals.append(signum))
     results, stopped, error = {}, [], None
     try:
         with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(stop,)) as pool:
