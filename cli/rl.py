@@ -15,7 +15,7 @@ from .options import SEED, not_empty, warn_threads
 
 @click.group()
 def rl():
-    """Offline-RL datasets (D4RL layout, Minari) and the results table.
+    """Offline-RL datasets (D4RL layout, Minari), the results table, and scoring a trained run again.
 
     \b
     Examples:
@@ -24,6 +24,7 @@ def rl():
       mincore rl info hopper-medium.h5
       mincore rl info minari:mujoco/hopper/medium-v0
       mincore rl table --envs halfcheetah --seeds 3
+      mincore rl score --checkpoint runs/rl-mingru/checkpoint.h5 --target-return 2000,4000
     """
 
 
@@ -196,3 +197,65 @@ def table(envs, kinds, seeds, models, baselines, dataset, preset, steps, episode
         sys.exit(130)
     click.echo((Path(out) / "table.md").read_text())
     click.echo(f"files in {out}/: table.md table.json table.png, and a folder of runs per dataset")
+
+
+def _returns(ctx, param, value):
+    if value is None:
+        return ()
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"got {value!r}; expected comma-separated returns, e.g. 1000,2000,3600") from None
+
+
+@rl.command()
+@click.option("--checkpoint", "path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A checkpoint.h5 of a `mincore train --task rl` run (or of a table's run).")
+@click.option("--target-return", "targets", default=None, callback=_returns,
+              help="Return-to-go at t = 0, comma-separated: one score each (Decision-minRNNs only). "
+                   "[default: the run's own, as in its summary.json]")
+@click.option("--episodes", type=click.IntRange(min=1), default=None,
+              help="Simulator episodes per target (the run's evaluation seeds). [default: the run's]")
+@click.option("--data", default=None, help="The run's dataset file or minari:ID, where it is now. "
+                                            "[default: the run's path]")
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as one JSON object.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def score(path, targets, episodes, data, as_json, quiet):
+    """Score a trained rl model in the simulator again, conditioned on other target returns: what a
+    Decision-minRNN does when asked for less, or more, than the data's best episode (D4RL-normalised
+    mean +- standard error over the episodes). Without --target-return the numbers are the run's own.
+    Needs `pip install 'mincore[rl]'`.
+
+    \b
+    Examples:
+      mincore rl score --checkpoint runs/rl-mingru/checkpoint.h5
+      mincore rl score --checkpoint runs/rl-table/hopper-medium-expert/mingru-seed0/checkpoint.h5 \\
+          --target-return 1000,2000,3600 --episodes 5
+    """
+    import json
+
+    from mincore.backend import cpu_threads, keep_freed_memory
+    from mincore.tasks import load_task
+    from mincore.tasks.rl import collect as rl_collect
+    from mincore.tasks.rl import task as rl_task
+    from mincore.tasks.rl.eval import rescore
+
+    rl_collect.require_gym()
+    keep_freed_memory()
+    with cpu_threads(rl_task.THREADS):
+        task, config = load_task(path, data=data)
+        if config.get("task") != "rl":
+            raise click.BadParameter(f"{path} is a {config.get('task')} run; expected an rl run",
+                                     param_hint="--checkpoint")
+        res = rescore(task, targets, episodes, progress=not quiet)
+    res = {"checkpoint": path, "step": config["step"], **res}
+    if as_json:
+        click.echo(json.dumps(res))
+        return
+    click.echo(f"{rl_task.LABELS[res['model']]} on {res['dataset']} (step {res['step']}, {res['env']}; "
+               f"the data's best episode return {res['dataset_best_return']:.0f})")
+    click.echo("| target return | normalised score | return | episodes |\n|---|---|---|---|")
+    for r in res["scores"]:
+        target = "-" if task.K == 1 else f"{r['target_return']:.0f}"
+        click.echo(f"| {target} | {r['normalized_score']:.1f} ± {r['normalized_stderr']:.1f} | "
+                   f"{r['mean_return']:.0f} ± {r['return_stderr']:.0f} | {r['episodes']} |")

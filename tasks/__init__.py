@@ -41,7 +41,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["TASKS", "Option", "get_task", "evaluate_checkpoint", "cache_dir", "saved_config",
+__all__ = ["TASKS", "Option", "get_task", "load_task", "evaluate_checkpoint", "cache_dir", "saved_config",
            "check_saved_engine", "check_saved_data", "data_field", "data_option"]
 
 TASKS = {"copy": "mincore.tasks.copy", "shakespeare": "mincore.tasks.shakespeare",
@@ -163,12 +163,12 @@ def check_saved_data(mod, meta: dict, cfg, source, how: str) -> None:
         verify(meta, cfg, source, how)
 
 
-def evaluate_checkpoint(path, engine: str | None = None, data=None) -> tuple[dict, dict]:
-    """Rebuild the task saved in checkpoint `path`, load its parameters and evaluate on the held-out
-    set: (metrics, checkpoint config). Same numbers as the run's summary.json for its final checkpoint.
-    `engine` replaces the run's engine; `data` the file the task reads (the run's, moved), which must
-    be the data it was trained on where the task can tell (verify_data). ValueError for a checkpoint
-    that does not describe a runnable task: messages name the file and what to do."""
+def load_task(path, engine: str | None = None, data=None):
+    """Rebuild the task saved in checkpoint `path` with its parameters loaded, in evaluation mode:
+    (task, checkpoint config with "step"). `engine` replaces the run's engine; `data` the file the task
+    reads (the run's, moved), which must be the data it was trained on where the task can tell
+    (verify_data). ValueError for a checkpoint that does not describe a runnable task: messages name the
+    file and what to do."""
     import dataclasses
 
     from mincore.autograd import load_checkpoint
@@ -195,4 +195,11 @@ def evaluate_checkpoint(path, engine: str | None = None, data=None) -> tuple[dic
         raise ValueError(f"{path}: the saved parameters do not fit the model its config describes "
                          f"({e.args[0] if e.args else e})") from None
     task.model.eval()
-    return task.evaluate(), {**ck.config, "step": ck.step}
+    return task, {**ck.config, "step": ck.step}
+
+
+def evaluate_checkpoint(path, engine: str | None = None, data=None) -> tuple[dict, dict]:
+    """The held-out metrics of the task saved in checkpoint `path` (load_task), and its checkpoint
+    config: the same numbers as the run's summary.json for its final checkpoint."""
+    task, config = load_task(path, engine, data)
+    return task.evaluate(), config

@@ -25,7 +25,7 @@ from ..loop import to_device, to_host
 from . import data as rl_data
 from .collect import make_env
 
-__all__ = ["DecisionPolicy", "BCPolicy", "rollouts", "score"]
+__all__ = ["DecisionPolicy", "BCPolicy", "rollouts", "score", "rescore"]
 
 
 class DecisionPolicy:
@@ -152,3 +152,26 @@ def score(env: str, returns) -> dict:
         return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
     return {"mean_return": float(r.mean()), "return_stderr": se(r), "normalized_score": float(ns.mean()),
             "normalized_stderr": se(ns), "episodes": len(r)}
+
+
+def rescore(task, targets=(), episodes: int | None = None, progress: bool = False) -> dict:
+    """Scores of a trained rl task (mincore.tasks.load_task) conditioned on each target return in
+    `targets` (none given: the run's own target, so the numbers are its summary.json's), with the
+    run's evaluation seeds; `episodes` (default: the run's) per target. A BC model takes no target."""
+    cfg = task.cfg
+    best = float(task.data.returns.max())
+    if targets and task.K == 1:
+        raise ValueError(f"target returns: the {cfg.model} model is a behaviour-cloning MLP and takes no target "
+                         "return; score it without one")
+    bad = [t for t in targets if not np.isfinite(t)]
+    if bad:
+        raise ValueError(f"target returns: expected finite returns, got {bad}")
+    n = cfg.eval_episodes if episodes is None else int(episodes)
+    if n < 1:
+        raise ValueError(f"episodes: expected at least 1, got {n}")
+    rows = []
+    for target in (targets or [cfg.target_return or best]):
+        ret = rollouts(task.policy(float(target)), cfg.env, n, seed=cfg.seed, horizon=cfg.horizon, progress=progress)
+        rows.append({"target_return": float(target), **score(cfg.env, ret), "returns": [float(r) for r in ret]})
+    return {"model": cfg.model, "env": cfg.env, "dataset": cfg.dataset, "dataset_best_return": best,
+            "scores": rows}
