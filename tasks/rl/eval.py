@@ -25,7 +25,7 @@ from ..loop import to_device, to_host
 from . import data as rl_data
 from .collect import make_env
 
-__all__ = ["DecisionPolicy", "BCPolicy", "rollouts", "score", "rescore"]
+__all__ = ["DecisionPolicy", "BCPolicy", "rollouts", "score", "score_policy", "target_return", "rescore"]
 
 
 class DecisionPolicy:
@@ -154,24 +154,34 @@ def score(env: str, returns) -> dict:
             "normalized_stderr": se(ns), "episodes": len(r)}
 
 
+def target_return(cfg, data) -> float:
+    """The return-to-go a run conditions on at t = 0: cfg.target_return, else the data's best episode."""
+    return float(cfg.target_return or data.returns.max())
+
+
+def score_policy(task, target, episodes: int | None = None, progress: bool = False) -> dict:
+    """score() of `episodes` (default: the run's) simulator episodes of a trained rl task's policy
+    conditioned on `target`, with the run's evaluation seeds; plus the raw "returns"."""
+    cfg = task.cfg
+    ret = rollouts(task.policy(target), cfg.env, cfg.eval_episodes if episodes is None else episodes,
+                   seed=cfg.seed, horizon=cfg.horizon, progress=progress)
+    return {**score(cfg.env, ret), "returns": [float(r) for r in ret]}
+
+
 def rescore(task, targets=(), episodes: int | None = None, progress: bool = False) -> dict:
     """Scores of a trained rl task (mincore.tasks.load_task) conditioned on each target return in
     `targets` (none given: the run's own target, so the numbers are its summary.json's), with the
     run's evaluation seeds; `episodes` (default: the run's) per target. A BC model takes no target."""
     cfg = task.cfg
-    best = float(task.data.returns.max())
     if targets and task.K == 1:
         raise ValueError(f"target returns: the {cfg.model} model is a behaviour-cloning MLP and takes no target "
                          "return; score it without one")
     bad = [t for t in targets if not np.isfinite(t)]
     if bad:
         raise ValueError(f"target returns: expected finite returns, got {bad}")
-    n = cfg.eval_episodes if episodes is None else int(episodes)
-    if n < 1:
-        raise ValueError(f"episodes: expected at least 1, got {n}")
-    rows = []
-    for target in (targets or [cfg.target_return or best]):
-        ret = rollouts(task.policy(float(target)), cfg.env, n, seed=cfg.seed, horizon=cfg.horizon, progress=progress)
-        rows.append({"target_return": float(target), **score(cfg.env, ret), "returns": [float(r) for r in ret]})
-    return {"model": cfg.model, "env": cfg.env, "dataset": cfg.dataset, "dataset_best_return": best,
-            "scores": rows}
+    if episodes is not None and episodes < 1:
+        raise ValueError(f"episodes: expected at least 1, got {episodes}")
+    rows = [{"target_return": float(t), **score_policy(task, float(t), episodes, progress)}
+            for t in (targets or [target_return(cfg, task.data)])]
+    return {"model": cfg.model, "env": cfg.env, "dataset": cfg.dataset,
+            "dataset_best_return": float(task.data.returns.max()), "scores": rows}

@@ -32,7 +32,7 @@ from ..config import LoopConfig
 from . import collect as rl_collect
 from . import data as rl_data
 from . import minari_io
-from .eval import BCPolicy, DecisionPolicy, rollouts, score
+from .eval import BCPolicy, DecisionPolicy, score_policy, target_return
 from .model import BCMLP, DecisionRNN
 
 __all__ = ["RLConfig", "PRESETS", "MODELS", "BASELINES", "LABELS", "THREADS", "OPTIONS", "RLTask", "Task", "config",
@@ -244,19 +244,12 @@ def check_env(data: rl_data.Dataset, cfg: RLConfig) -> None:
         raise ValueError(f"dataset {cfg.dataset} was collected on {env!r}, but --env is {cfg.env!r}")
 
 
-def _score_policy(task, target, progress) -> dict:
-    cfg = task.cfg
-    ret = rollouts(task.policy(target), cfg.env, cfg.eval_episodes, seed=cfg.seed, horizon=cfg.horizon,
-                   progress=progress)
-    return {**score(cfg.env, ret), "returns": [float(r) for r in ret]}
-
-
 def _scores(task, data, out, progress, summary, t0) -> dict:
     """Rollouts of the trained model and of each baseline (trained here with the same loop and budget,
     into out/<baseline>), and the data's own returns, as summary keys."""
     cfg = task.cfg
-    target = cfg.target_return or float(data.returns.max())
-    res = _score_policy(task, target, progress)
+    target = target_return(cfg, data)
+    res = score_policy(task, target, progress=progress)
     extra = {}
     for name in cfg.baseline_names():
         if name == cfg.model:  # the run is that baseline
@@ -265,7 +258,7 @@ def _scores(task, data, out, progress, summary, t0) -> dict:
             b_cfg = dataclasses.replace(cfg, model=name, steps=cfg.bc_steps or cfg.steps)
             b_task = RLTask(b_cfg, data)
             loop.train(b_task, b_cfg, Path(out) / name, task_name="rl", progress=progress)
-            b = _score_policy(b_task, target, progress)
+            b = score_policy(b_task, target, progress=progress)
             extra[f"{name}_train_episodes"] = len(b_task.train_data.episodes)
         extra.update({f"{name}_{k}": b[k] for k in ("normalized_score", "normalized_stderr", "mean_return",
                                                      "return_stderr", "returns")})
