@@ -25,7 +25,7 @@ from numba import njit, prange
 from . import buffers
 from .numba_fpenv import denormals_off, denormals_restore
 from .numba_fpenv import flush_if_soft as ftz
-from .numba_simd import fence, store_row, streams
+from .numba_simd import LINE, fence, prefetch, store_row, streams
 from .numba_threads import serialized
 
 U = np.uint64
@@ -136,6 +136,12 @@ def scan_backward(a, h, dh, h0, out=None):
 # numba's complex type stayed scalar: 0.27-0.43 of the copy against 0.95 for the real scan). Offsets
 # count reals. The backward runs with hardware flush-to-zero like the others; where there is none (not
 # x86-64) its values are not flushed in software.
+# The backward walks rows downwards in memory (t runs down) and, unlike the real kernels, reads its
+# pairs upwards inside a row; the hardware prefetchers do not run ahead of that, so it prefetches
+# the rows AHEAD steps down itself (llvm.prefetch). Measured at (16, 4096, 256) complex64, one thread,
+# same session: 8.7 GB/s against 6.4 without, for any AHEAD in 1-8; the same prefetch in the real
+# scans' and the cells' backward (whose channels run downwards too) gained nothing or lost 5-12%.
+AHEAD = 2
 
 
 @njit(**ROW)
@@ -192,6 +198,11 @@ def _lru_bwd(lr, li, h, dh, h0, dbu, dh0, dlam_part, stream, blk, jobs):
         g_row = np.empty(2 * n, dtype=h.dtype)  # one row of dbu
         for t in range(T - 1, -1, -1):
             o = U(2 * ((i * T + t) * D + d0))
+            if t > AHEAD:  # rows AHEAD steps down: see AHEAD
+                q = o - U(2 * D * AHEAD)
+                for k in range(0, 2 * n + LINE // h.itemsize - 1, LINE // h.itemsize):  # every line of the rows
+                    prefetch(dh, q + U(k))
+                    prefetch(h, q - U(2 * D) + U(k))
             if t > 0:
                 _lru_bwd_row(cr, ci, h, dh, g_row, car_r, car_i, acc_r, acc_i, o, o - U(2 * D), n)
             else:

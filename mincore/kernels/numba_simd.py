@@ -1,4 +1,4 @@
-"""Non-temporal ("streaming") stores for the numba kernels' outputs.
+"""Non-temporal ("streaming") stores for the numba kernels' outputs, and a software prefetch.
 
 Why: an ordinary store first reads the cache line it writes (read for ownership), so a kernel that
 reads 2 arrays and writes 1 moves 4 arrays' worth of bytes through memory, and a copy moves 3 for
@@ -17,6 +17,9 @@ between as whole 64-byte lines (one vector store each, aligned by construction).
 an ordinary store to a line that a non-temporal store also writes pulls the line into the cache and
 makes the non-temporal store evict it (a first version with ordinary edge stores ran slower than no
 streaming at all). Each job ends with `fence()`, since non-temporal stores are weakly ordered.
+
+`prefetch(arr, i)` is llvm.prefetch of arr[i]'s line, for a kernel whose reads the hardware
+prefetchers do not follow (the LRU backward: numba_scan).
 
 When: only for a call whose outputs exceed half the last-level cache (and 32 MiB): `streams`.
 Streamed results are not in the cache afterwards, which is right for arrays far larger than it and
@@ -119,6 +122,22 @@ def stream_one(typingctx, dst, i, src, j):
         _nontemporal(builder, builder.store(builder.load(s, align=size), d, align=size))
         return context.get_dummy_value()
     return types.void(dst, i, src, j), codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, i):
+    """A hint to bring the cache line of arr[i] into the cache (llvm.prefetch: read, keep, data)."""
+    if not isinstance(arr, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+        p = builder.bitcast(_pointer(context, builder, sig.args[0], args[0], args[1]), i8p)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [p, i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+    return types.void(arr, i), codegen
 
 
 @intrinsic
