@@ -21,8 +21,9 @@ from .elementwise import exp, gelu, log, relu, sigmoid, sigmoid_array, silu, sof
 from .tensor import Tensor, as_tensor, record
 
 __all__ = ["unbroadcast", "add", "sub", "mul", "div", "neg", "pow", "mm", "matmul_timer", "MatmulTally",
-           "matmul", "linear", "sum", "mean", "max", "reshape", "transpose", "getitem", "concat", "stack",
-           "broadcast_to", "exp", "log", "tanh", "sigmoid", "softplus", "relu", "gelu", "silu", "sigmoid_array"]
+           "matmul", "linear", "sum", "mean", "max", "reshape", "transpose", "getitem", "flip_sequences",
+           "concat", "stack", "broadcast_to", "exp", "log", "tanh", "sigmoid", "softplus", "relu", "gelu", "silu",
+           "sigmoid_array"]
 
 
 def unbroadcast(g, shape):
@@ -267,6 +268,20 @@ def getitem(a, index):
             _scatter_add(a.xp, gx, index, g)
         return (gx,)
     return record(a.data[index], (a,), getitem_vjp)
+
+
+def flip_sequences(a, lengths):
+    """Each sequence of a (B, T, ...) reversed within its length (lengths (B,) ints), the padding past it
+    left where it is: what a backward-reading layer of a bidirectional stack sees (flax's flip_sequences).
+    The flip is its own inverse, so the VJP is the same flip of the gradient."""
+    xp = a.xp
+    t = xp.arange(a.shape[1])[None, :]
+    n = xp.asarray(lengths).reshape(-1, 1)
+    index = xp.where(t < n, n - 1 - t, t).reshape(a.shape[:2] + (1,) * (a.ndim - 2))
+
+    def flip_sequences_vjp(g):
+        return (xp.take_along_axis(g, index, axis=1),)
+    return record(xp.take_along_axis(a.data, index, axis=1), (a,), flip_sequences_vjp)
 
 
 def concat(tensors, axis=0):

@@ -8,7 +8,10 @@ given by test_lengths, the LRA's 500-2000 in every preset). Ten classes, the exp
 Model: embedding -> n_layers residual blocks x + GLU(RNN(LayerNorm(x))) (the LRU paper's block: the
 recurrent layer, then GELU -> GLU with dropout; LayerNorm where the paper has BatchNorm) -> LayerNorm
 -> linear head over one vector per sequence. RNN: lru (N = expansion * d_model complex states, ring
-init on [r_min, r_max]), mingru or minlstm (inner width expansion * d_model). The layers are causal.
+init on [r_min, r_max]), mingru or minlstm (inner width expansion * d_model). The layers are causal
+unless `bidirectional`: then each block sums a forward RNN and a backward one (the sequence flipped
+within its length, ops.flip_sequences), each with half the states, as S5's LRA layers read; a step
+costs about 1.3x a causal one. Measured in the default budget it gained nothing (docs/LISTOPS.md).
 
 Reading direction (`reverse`): with reverse the model reads each expression from its last token to
 its first. Read that way an operator comes after its arguments (postfix), and the root operator, which
@@ -78,6 +81,7 @@ class ListOpsConfig(LoopConfig):
     dropout: float = 0.0             # in the GLU (training only)
     pool: str = "last"               # last | mean (module docstring)
     reverse: bool = False            # read each expression from its last token to its first
+    bidirectional: bool = False      # each block reads both ways, half its states each (module docstring)
     lru_lr_factor: float = 0.5       # lr of the LRU's nu, theta, gamma, B relative to lr (no decay on them)
     bucket: int = 8                  # a training batch comes from bucket x batch examples of similar length
     eval_batch: int = 64             # held-out sequences per forward pass
@@ -178,17 +182,26 @@ def verify_data(meta: dict, cfg: ListOpsConfig, source, how: str) -> None:
 
 # ------------------------------------------------------------------------------ model
 class ListOpsBlock(nn.Module):
-    """x + GLU(RNN(LayerNorm(x))); `at(x, rows, pos)` gives the block's output at (rows, pos) only."""
+    """x + GLU(RNN(LayerNorm(x))); `at(x, rows, pos)` gives the block's output at (rows, pos) only.
+    Bidirectional: RNN(u) = fwd(u) + flip(bwd(flip(u))), each direction half the states (S5's LRA
+    layers), so a step costs what a causal block's does."""
 
     def __init__(self, cfg: ListOpsConfig, rng):
         d = cfg.d_model
         kw = ({"r_min": cfg.r_min, "r_max": cfg.r_max, "max_phase": cfg.max_phase} if cfg.model == "lru" else {})
+        expansion = cfg.expansion / 2 if cfg.bidirectional else cfg.expansion
         self.norm = nn.LayerNorm(d)
-        self.rnn = contiguous(_CELLS[cfg.model](d, cfg.expansion, engine=cfg.engine, rng=rng, **kw))
+        self.rnn = contiguous(_CELLS[cfg.model](d, expansion, engine=cfg.engine, rng=rng, **kw))
+        if cfg.bidirectional:
+            self.rnn_back = contiguous(_CELLS[cfg.model](d, expansion, engine=cfg.engine, rng=rng, **kw))
         self.glu = nn.GLU(d, cfg.dropout, rng=rng)
 
-    def forward(self, x):
-        return x + self.glu(self.rnn(self.norm(x))[0])
+    def forward(self, x, lengths):
+        u = self.norm(x)
+        y = self.rnn(u)[0]
+        if hasattr(self, "rnn_back"):
+            y = y + ops.flip_sequences(self.rnn_back(ops.flip_sequences(u, lengths))[0], lengths)
+        return x + self.glu(y)
 
     def at(self, x, rows, pos):
         u = self.norm(x)
@@ -206,7 +219,7 @@ class ListOpsModel(nn.Module):
 
     def __init__(self, cfg: ListOpsConfig):
         rng = np.random.default_rng(cfg.seed)
-        self.pool = cfg.pool
+        self.pool, self.bidirectional = cfg.pool, cfg.bidirectional
         self.embed = nn.Embedding(len(D.VOCAB), cfg.d_model, rng=rng)
         self.blocks = [ListOpsBlock(cfg, rng) for _ in range(cfg.n_layers)]
         self.norm = nn.LayerNorm(cfg.d_model)
@@ -215,13 +228,17 @@ class ListOpsModel(nn.Module):
     def forward(self, x, lengths):
         xp = self.embed.weight.xp
         h = self.embed(x)
-        if self.pool == "last":
+        if self.pool == "last" and not self.bidirectional:
             for blk in self.blocks[:-1]:
-                h = blk(h)
+                h = blk(h, lengths)
             v = self.blocks[-1].at(h, xp.arange(x.shape[0]), lengths - 1)
+        elif self.pool == "last":
+            for blk in self.blocks:
+                h = blk(h, lengths)
+            v = h[xp.arange(x.shape[0]), lengths - 1]
         else:
             for blk in self.blocks:
-                h = blk(h)
+                h = blk(h, lengths)
             mask = (xp.arange(x.shape[1])[None, :] < lengths[:, None]).astype(h.dtype)
             v = ops.sum(h * (mask / lengths[:, None].astype(h.dtype))[..., None], axis=1)
             if self.pool == "both":

@@ -101,6 +101,17 @@ def test_getitem_basic_and_advanced(shape, seed):
     vjp_dot_test(lambda x: x[idx], a, seed=seed)
 
 
+@given(shape=hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=5), data=st.data(), seed=seeds)
+def test_flip_sequences(shape, data, seed):
+    (a,) = normal(seed, shape)
+    lengths = np.array(data.draw(st.lists(st.integers(0, shape[1]), min_size=shape[0], max_size=shape[0])))
+    vjp_dot_test(lambda x: ops.flip_sequences(x, lengths), a, seed=seed)
+    out = ops.flip_sequences(as_tensor(a), lengths).data
+    for b, n in enumerate(lengths):  # the oracle: reversed within the length, the padding untouched
+        np.testing.assert_array_equal(out[b, :n], a[b, :n][::-1])
+        np.testing.assert_array_equal(out[b, n:], a[b, n:])
+
+
 @given(shape=small_shapes, n=st.integers(1, 3), data=st.data(), seed=seeds)
 def test_concat_stack(shape, n, data, seed):
     axis = data.draw(st.integers(0, len(shape) - 1))

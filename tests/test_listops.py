@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mincore.autograd import optim
+from mincore.autograd import as_tensor, optim
 from mincore.cli.main import main
 from mincore.tasks import listops as L
 from mincore.tasks import listops_data as D
@@ -171,10 +171,12 @@ def tiny(small, **kw):
 
 @pytest.mark.parametrize("model", L.MODELS)
 @pytest.mark.parametrize("pool", ["last", "mean", "both"])
-def test_padding_never_reaches_an_example(small, model, pool):
-    """A padded batch gives each example the logits it gets alone, and `at` (the last block on the last
-    positions only) equals the full block there."""
-    task = L.ListOpsTask(tiny(small, model=model, pool=pool))
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_padding_never_reaches_an_example(small, model, pool, bidirectional):
+    """A padded batch gives each example the logits it gets alone (a backward-reading layer starts at
+    each example's own last token), and `at` (the last block on the last positions only) equals the
+    full block there."""
+    task = L.ListOpsTask(tiny(small, model=model, pool=pool, bidirectional=bidirectional))
     m = task.model.to(dtype=np.float64)
     split = task.data["test"]
     x, lengths = split.pad([0, 1, 2, 3])
@@ -182,11 +184,29 @@ def test_padding_never_reaches_an_example(small, model, pool):
     for row in range(4):
         alone = m(*split.pad([row])).data
         np.testing.assert_allclose(together[row], alone[0], rtol=1e-10, atol=1e-12)
+    if bidirectional:
+        return
     h = m.embed(x)
     for blk in m.blocks[:-1]:
-        h = blk(h)
+        h = blk(h, lengths)
     rows_, pos = np.arange(4), lengths - 1
-    np.testing.assert_allclose(m.blocks[-1].at(h, rows_, pos).data, m.blocks[-1](h).data[rows_, pos], rtol=1e-10)
+    np.testing.assert_allclose(m.blocks[-1].at(h, rows_, pos).data, m.blocks[-1](h, lengths).data[rows_, pos],
+                               rtol=1e-10)
+
+
+def test_a_bidirectional_block_reads_both_ways_with_half_the_states_each(small):
+    """Its output at a token depends on the tokens after it (a causal block's does not), and its
+    two directions together have the causal block's states."""
+    causal, both = (L.ListOpsTask(tiny(small, bidirectional=b)).model.to(dtype=np.float64) for b in (False, True))
+    assert both.blocks[0].rnn.N + both.blocks[0].rnn_back.N == causal.blocks[0].rnn.N
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 12, 16))
+    x2 = x.copy()
+    x2[0, 8:] += rng.standard_normal((4, 16))  # change the tokens after position 7
+    lengths = np.array([12])
+    for m, sees_ahead in ((causal, False), (both, True)):
+        y, y2 = (m.blocks[0](as_tensor(v), lengths).data for v in (x, x2))
+        assert np.allclose(y[0, :8], y2[0, :8]) != sees_ahead
 
 
 def test_the_lrus_recurrent_parameters_get_the_smaller_lr_and_no_decay(small):
