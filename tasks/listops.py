@@ -184,7 +184,7 @@ def verify_data(meta: dict, cfg: ListOpsConfig, source, how: str) -> None:
 class ListOpsBlock(nn.Module):
     """x + GLU(RNN(LayerNorm(x))); `at(x, rows, pos)` gives the block's output at (rows, pos) only.
     Bidirectional: RNN(u) = fwd(u) + flip(bwd(flip(u))), each direction half the states (S5's LRA
-    layers), so a step costs what a causal block's does."""
+    layers), so it has a causal block's parameters."""
 
     def __init__(self, cfg: ListOpsConfig, rng):
         d = cfg.d_model
