@@ -192,14 +192,14 @@ class ListOpsBlock(nn.Module):
         expansion = cfg.expansion / 2 if cfg.bidirectional else cfg.expansion
         self.norm = nn.LayerNorm(d)
         self.rnn = contiguous(_CELLS[cfg.model](d, expansion, engine=cfg.engine, rng=rng, **kw))
-        if cfg.bidirectional:
-            self.rnn_back = contiguous(_CELLS[cfg.model](d, expansion, engine=cfg.engine, rng=rng, **kw))
+        self.rnn_back = (contiguous(_CELLS[cfg.model](d, expansion, engine=cfg.engine, rng=rng, **kw))
+                         if cfg.bidirectional else None)
         self.glu = nn.GLU(d, cfg.dropout, rng=rng)
 
     def forward(self, x, lengths):
         u = self.norm(x)
         y = self.rnn(u)[0]
-        if hasattr(self, "rnn_back"):
+        if self.rnn_back is not None:
             y = y + ops.flip_sequences(self.rnn_back(ops.flip_sequences(u, lengths))[0], lengths)
         return x + self.glu(y)
 
@@ -227,22 +227,19 @@ class ListOpsModel(nn.Module):
 
     def forward(self, x, lengths):
         xp = self.embed.weight.xp
-        h = self.embed(x)
-        if self.pool == "last" and not self.bidirectional:
-            for blk in self.blocks[:-1]:
-                h = blk(h, lengths)
-            v = self.blocks[-1].at(h, xp.arange(x.shape[0]), lengths - 1)
+        h, rows, last = self.embed(x), xp.arange(x.shape[0]), lengths - 1
+        at_last = self.pool == "last" and not self.bidirectional  # the last block at the last token only
+        for blk in self.blocks[:-1] if at_last else self.blocks:
+            h = blk(h, lengths)
+        if at_last:
+            v = self.blocks[-1].at(h, rows, last)
         elif self.pool == "last":
-            for blk in self.blocks:
-                h = blk(h, lengths)
-            v = h[xp.arange(x.shape[0]), lengths - 1]
+            v = h[rows, last]
         else:
-            for blk in self.blocks:
-                h = blk(h, lengths)
             mask = (xp.arange(x.shape[1])[None, :] < lengths[:, None]).astype(h.dtype)
             v = ops.sum(h * (mask / lengths[:, None].astype(h.dtype))[..., None], axis=1)
             if self.pool == "both":
-                v = v + h[xp.arange(x.shape[0]), lengths - 1]
+                v = v + h[rows, last]
         return self.head(self.norm(v))
 
 
