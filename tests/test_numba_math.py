@@ -10,7 +10,7 @@ from numba import njit
 import mincore
 from mincore.kernels import gates, numba_cpu
 from mincore.kernels.numba_fpenv import HARDWARE_FTZ
-from mincore.kernels.numba_math import fast_dg, fast_exp, fast_g, fast_sigmoid, flush_subnormal
+from mincore.kernels.numba_math import fast_dg, fast_exp, fast_g, fast_lstm_gates, fast_sigmoid, flush_subnormal
 
 
 @njit
@@ -45,6 +45,40 @@ def test_fast_functions_match_numpy(dtype):
         assert got.dtype == dtype  # constants are typed: float32 code never widens
         err = np.abs(got.astype(np.float64) - ref) / np.maximum(np.abs(ref), np.finfo(dtype).tiny)
         assert err.max() <= RTOL[dtype], (which, float(err.max()), x64[np.argmax(err)])
+
+
+@njit
+def _lstm_gates(kf, ki):
+    out = np.empty((4, kf.size), dtype=kf.dtype)
+    for j in range(kf.size):
+        out[0, j], out[1, j], out[2, j], out[3, j] = fast_lstm_gates(kf[j], ki[j])
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_lstm_gates_match_the_oracle(dtype):
+    """f', i' and the backward's (1 - f) i', (1 - i) f' on every pair of ordinary and saturating
+    pre-activations (|k| up to 1e4, and the infinities) against the float64 gates; NaN in, NaN out."""
+    edge = [0.0, -0.0, 1e-30, 0.5, -0.5, 3.0, -3.0, 20.0, -20.0, 86.0, -86.0, 90.0, -90.0, 95.0, -95.0,
+            700.0, -700.0, 750.0, -750.0, 1e4, -1e4, np.inf, -np.inf]
+    kf, ki = (a.ravel().astype(dtype) for a in np.meshgrid(edge, edge))
+    both_neg_inf = (kf == -np.inf) & (ki == -np.inf)  # f = i = 0: f' = 0 / 0 in the oracle too
+    kf, ki = kf[~both_neg_inf], ki[~both_neg_inf]
+    x, y = kf.astype(np.float64), ki.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = gates.softplus(np, -x) - gates.softplus(np, -y)
+        fp, ip = gates.sigmoid(np, -diff), gates.sigmoid(np, diff)
+        want = [fp, ip, gates.sigmoid(np, -x) * ip, gates.sigmoid(np, -y) * fp]
+    got = _lstm_gates(kf, ki)
+    tiny = np.finfo(dtype).tiny
+    for name, g, w in zip(("f'", "i'", "(1 - f) i'", "(1 - i) f'"), got, want, strict=True):
+        err = np.abs(g.astype(np.float64) - w)
+        # relative to the value, or absolute below the floor of the exps far below the range
+        # (fast_exp returns at least 2^-125 = 2 tiny in float32; two of them are summed)
+        ok = err <= 8 * RTOL[dtype] * np.abs(w) + 8 * tiny
+        assert ok.all(), (name, kf[~ok][:3], ki[~ok][:3], g[~ok][:3], w[~ok][:3])
+    nan = _lstm_gates(np.array([np.nan, 1.0], dtype), np.array([1.0, np.nan], dtype))
+    assert np.isnan(nan).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

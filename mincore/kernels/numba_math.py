@@ -6,13 +6,14 @@ memory, would bound the fused kernels. These functions are plain arithmetic plus
 loop over D that calls them compiles to AVX2/AVX-512 code.
 
 exp(x) = 2^n * p(r), n = round(x / ln2), r = x - n ln2 (Cody-Waite: ln2 split in a high part with
-few mantissa bits, so n * LN2_HI is exact), p a polynomial, 2^n built by writing n + bias into the
-exponent bits. float32: Cephes expf polynomial (max relative error ~1e-7, float32 rounding);
-float64: degree-13 Taylor polynomial (|r| <= ln2/2 gives truncation error < 1e-16).
-Arguments are clamped to the finite range ([-87, 88] float32, [-708, 709] float64), so results
-stay finite and normal (below the range exp is off by less than the smallest normal number, an
-absolute error no caller can see); NaN stays NaN, so it reaches the kernels' outputs as it does the
-oracle's.
+few mantissa bits, so n * LN2_HI is exact), p a polynomial, and 2^n applied by adding n to p's
+exponent bits (two integer instructions; building 2^n and multiplying took four). float32: Cephes
+expf polynomial (max relative error ~1e-7, float32 rounding); float64: degree-13 Taylor polynomial
+(|r| <= ln2/2 gives truncation error < 1e-16). Arguments are clamped to [-86.6, 88] (float32) and
+[-708, 709] (float64), where p's exponent plus n stays normal, so results stay finite and normal:
+below the range exp returns 2^-125 (float32) or 2^-1021 (float64), an absolute error of two
+smallest normal numbers, which no caller can see. NaN stays NaN, so it reaches the kernels'
+outputs as it does the oracle's.
 
 Saturated gates. sigmoid and 1 - sigmoid are formed as in the oracle (kernels/gates.py): from
 e = exp(-|x|) in (0, 1], p = 1 / (1 + e) in [1/2, 1] and q = e p in (0, 1/2], the larger of the pair is
@@ -50,6 +51,22 @@ def _bits_to_float(typingctx, i):
     return ft(i), codegen
 
 
+@intrinsic
+def _float_to_bits(typingctx, x):
+    """Reinterpret float32 -> int32 / float64 -> int64 bits (no conversion)."""
+    if x == types.float32:
+        it, lt = types.int32, ir.IntType(32)
+    elif x == types.float64:
+        it, lt = types.int64, ir.IntType(64)
+    else:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], lt)
+
+    return it(x), codegen
+
+
 # Horner's rule written out: a loop over a coefficient tuple stays a loop in numba's IR and stops
 # LLVM from vectorising the caller's loop over D.
 @njit
@@ -68,26 +85,28 @@ def _horner14(r, c):
 _horner = {8: _horner8, 14: _horner14}
 
 
-def _make(ft, it, mantissa_bits, bias, lo, hi, coeffs):
+def _make(ft, it, mantissa_bits, lo, hi, coeffs):
     LO, HI, ZERO, HALF, ONE = ft(lo), ft(hi), ft(0.0), ft(0.5), ft(1.0)
-    RCAP = ft(hi - 2.0)  # 1 / (1 + exp(RCAP)) is still a normal number
     TINY = ft(np.finfo(ft).tiny)
     LOG2E = ft(1.0 / math.log(2.0))
     LN2_HI = ft(0.693359375)  # 9 significant bits: n * LN2_HI is exact for |n| < 2^15
     # ln 2 - LN2_HI from ln 2 to 36 digits: math.log(2) - LN2_HI would carry fl(ln 2)'s own rounding
     # error (2e-17), which n ~ 1000 turns into a 2e-14 relative error of exp near 700
     LN2_LO = ft(-2.12194440054690582767878541823432e-4)
-    BIAS, SHIFT = it(bias), it(mantissa_bits)
+    SHIFT = it(mantissa_bits)
     C = tuple(ft(c) for c in coeffs)
     poly = _horner[len(C)]
 
     def fexp(x):
-        # comparisons, not min/max: a NaN argument passes the clamp unchanged (and n is formed from
-        # 0 there, so the float -> int conversion never sees a NaN); the polynomial then gives NaN
-        x = HI if x > HI else (LO if x < LO else x)
+        # select-style clamps (x < LO ? LO : x): a NaN passes unchanged, and each is one max/min
+        x = LO if x < LO else x
+        x = HI if x > HI else x
+        # n from 0 for a NaN (converting NaN to an integer is undefined); p(r) is NaN then
         n = np.floor((x if x == x else ZERO) * LOG2E + HALF)
         r = (x - n * LN2_HI) - n * LN2_LO
-        return poly(r, C) * _bits_to_float(it(it(it(n) + BIAS) << SHIFT))
+        # 2^n p(r) by adding n to p's exponent bits (no 2^n built and multiplied): p in [0.70, 1.42],
+        # so with n in [-125, 127] (the clamps) the exponent stays in the normal range
+        return _bits_to_float(it(_float_to_bits(poly(r, C)) + it(it(n) << SHIFT)))
 
     def fsigmoid_pair(x):
         # (sigmoid(x), sigmoid(-x)) from one exp of -|x| (the module docstring: saturated gates)
@@ -111,19 +130,28 @@ def _make(ft, it, mantissa_bits, bias, lo, hi, coeffs):
         return ONE if x >= ZERO else s * c
 
     def flstm(kf, ki):
-        # minLSTM's normalised gates (f', i') = (f, i) / (f + i), with 1 - f and 1 - i: every sigmoid
-        # is e^min(k, 0) times p in [1/2, 1], so i / f = R pi / pf with R = e^(min(ki, 0) - min(kf, 0))
-        # and the tiny factors cancel inside one exp. A ratio of two clamped exps instead gave
-        # f' = 1/2 at kf = -90, ki = -95 (exact: sigmoid(5) = 0.9933) and 0 / 0 once both flushed.
-        f, cf = fast_sigmoid_pair(kf)
-        i, ci = fast_sigmoid_pair(ki)
-        pf = f if kf >= ZERO else cf
-        pi = i if ki >= ZERO else ci
-        d = (ki if ki < ZERO else ZERO) - (kf if kf < ZERO else ZERO)
-        # capped so that r below stays a normal number (flush-to-zero would make it 0, and i' = 0 * R)
-        ri = fast_exp(RCAP if d > RCAP else d) * pi
-        r = ONE / (pf + ri)  # pf + ri >= 1/2
-        return pf * r, ri * r, cf, ci
+        # minLSTM's normalised gates from two exps and one division. With a = -kf, b = -ki,
+        # f = 1 / (1 + e^a), i = 1 / (1 + e^b), so f' = f / (f + i) = (1 + e^b) / (2 + e^a + e^b).
+        # Scaled by e^-m, m = max(a, b, 0), every term is E0 = e^-m, Ea = e^(a-m), Eb = e^(b-m) <= 1
+        # and one of the three is exactly 1, so only two exps remain and D = 2 E0 + Ea + Eb >= 1:
+        #   f' = (E0 + Eb) / D,  i' = (E0 + Ea) / D,
+        # and the backward's products (1 - f) i' = Ea / D, (1 - i) f' = Eb / D share the division.
+        # Saturated gates stay exact (kf = -90, ki = -95: Ea = e^-5, Eb = 1, f' = sigmoid(5)); a NaN
+        # reaches Ea or Eb through the selects below and with it every output, as in the oracle.
+        a, b = -kf, -ki
+        ab = a >= b
+        p = a if ab else b  # the larger of a, b
+        q = b if ab else a  # the other (NaN if a is NaN)
+        pos = p >= ZERO
+        m = p if pos else ZERO
+        eq = fast_exp(q - m)
+        e2 = fast_exp(-abs(p))  # e^-p (the E0 term) when p >= 0, else e^p (the Ep term)
+        ep = ONE if pos else e2
+        e0 = e2 if pos else ONE
+        ea = ep if ab else eq
+        eb = eq if ab else ep
+        r = ONE / (e0 + e0 + ea + eb)
+        return (e0 + eb) * r, (e0 + ea) * r, ea * r, eb * r
 
     def fflush(x):
         # subnormal -> 0, branch-free. Backward gradients that decay through many steps reach the
@@ -144,8 +172,8 @@ def _taylor(deg):
 _CEPHES_F32 = [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
                5.0000001201e-1, 1.0, 1.0]
 _IMPL = {
-    types.float32: _make(np.float32, np.int32, 23, 127, -87.0, 88.0, _CEPHES_F32),
-    types.float64: _make(np.float64, np.int64, 52, 1023, -708.0, 709.0, _taylor(13)),
+    types.float32: _make(np.float32, np.int32, 23, -86.6, 88.0, _CEPHES_F32),
+    types.float64: _make(np.float64, np.int64, 52, -708.0, 709.0, _taylor(13)),
 }
 
 
@@ -175,8 +203,9 @@ def fast_dg(x):
 
 
 def fast_lstm_gates(kf, ki):
-    """(f', i', 1 - f, 1 - i): minLSTM's normalised gates f / (f + i), i / (f + i) for any kf, ki,
-    and the complements of f = sigmoid(kf), i = sigmoid(ki) (numba only)."""
+    """(f', i', (1 - f) i', (1 - i) f'): minLSTM's normalised gates f / (f + i), i / (f + i) of
+    f = sigmoid(kf), i = sigmoid(ki) for any kf, ki, and the two products the backward needs
+    (d f'/d kf = (1 - f) f' i' = -d i'/d kf, d i'/d ki = (1 - i) f' i' = -d f'/d ki) (numba only)."""
     raise NotImplementedError("numba-only")
 
 

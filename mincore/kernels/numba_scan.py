@@ -25,7 +25,7 @@ from numba import njit, prange
 from . import buffers
 from .numba_fpenv import denormals_off, denormals_restore
 from .numba_fpenv import flush_if_soft as ftz
-from .numba_simd import LINE, fence, prefetch, store_row, streams
+from .numba_simd import fence, prefetch_row, store_row, streams
 from .numba_threads import serialized
 
 U = np.uint64
@@ -201,9 +201,8 @@ def _lru_bwd(lr, li, h, dh, h0, dbu, dh0, dlam_part, stream, blk, jobs):
             o = U(2 * ((i * T + t) * D + d0))
             if t > AHEAD:  # rows AHEAD steps down: see AHEAD
                 q = o - U(2 * D * AHEAD)
-                for k in range(0, 2 * n + LINE // h.itemsize - 1, LINE // h.itemsize):  # every line of the rows
-                    prefetch(dh, q + U(k))
-                    prefetch(h, q - U(2 * D) + U(k))
+                prefetch_row(dh, q, 2 * n)
+                prefetch_row(h, q - U(2 * D), 2 * n)
             if t > 0:
                 _lru_bwd_row(cr, ci, h, dh, g_row, car_r, car_i, acc_r, acc_i, o, o - U(2 * D), n)
             else:

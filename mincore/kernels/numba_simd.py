@@ -18,8 +18,12 @@ an ordinary store to a line that a non-temporal store also writes pulls the line
 makes the non-temporal store evict it (a first version with ordinary edge stores ran slower than no
 streaming at all). Each job ends with `fence()`, since non-temporal stores are weakly ordered.
 
-`prefetch(arr, i)` is llvm.prefetch of arr[i]'s line, for a kernel whose reads the hardware
-prefetchers do not follow (the LRU backward: numba_scan).
+`prefetch(arr, i)` is llvm.prefetch of arr[i]'s line (`prefetch_row`: every line of a row), for
+kernels whose reads the hardware prefetchers do not keep up with (the LRU backward: numba_scan; the
+minGRU and minLSTM forwards: numba_cpu).
+
+`wide_vectors()` asks LLVM for 512-bit vectors in the calling function, and `line_buffer` gives row
+buffers that start on a cache line, so that those vectors never straddle two.
 
 When: only for a call whose outputs exceed half the last-level cache (and 32 MiB): `streams`.
 Streamed results are not in the cache afterwards, which is right for arrays far larger than it and
@@ -140,6 +144,15 @@ def prefetch(typingctx, arr, i):
     return types.void(arr, i), codegen
 
 
+@njit
+def prefetch_row(arr, o, n):
+    """prefetch() every cache line of arr[o:o + n] (arr flat, o unsigned), the partial ones at both
+    ends included."""
+    step = LINE // arr.itemsize
+    for j in range(0, n + step - 1, step):
+        prefetch(arr, o + U(j))
+
+
 @intrinsic
 def fence(typingctx):
     """A full memory fence: the job's non-temporal stores are visible before it reports done."""
@@ -147,6 +160,31 @@ def fence(typingctx):
         builder.fence("seq_cst")
         return context.get_dummy_value()
     return types.void(), codegen
+
+
+@intrinsic
+def wide_vectors(typingctx):
+    """Marks the calling function for 512-bit vectors where the CPU has them (AVX-512).
+
+    LLVM's x86 tuning prefers 256-bit vectors on most AVX-512 cores (a 512-bit instruction lowers
+    the clock of early ones), so numba's loops use half the register width. The gate math of the
+    minGRU / minLSTM rows is instruction-bound (an exp costs ~20 vector instructions), and
+    the wider vectors do it in fewer: the function attribute "prefer-vector-width"="512" asks for
+    them for this function only. On CPUs without AVX-512 the attribute changes nothing."""
+    def codegen(context, builder, sig, args):
+        # a string attribute, which llvmlite's FunctionAttributes does not list: added to the set
+        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@njit
+def line_buffer(n, dtype):
+    """An empty row buffer of n elements starting on a cache line (64 bytes): its vector stores and
+    store_row's 64-byte line loads then never straddle two lines."""
+    raw = np.empty(n + LINE, dtype=dtype)
+    skip = np.int64(((U(LINE) - (address(raw, 0) & U(LINE - 1))) & U(LINE - 1)) // U(raw.itemsize))
+    return raw[skip:skip + n]
 
 
 @njit(fastmath={"contract"}, error_model="numpy")
