@@ -97,13 +97,16 @@ def _engines(names, gpu: bool, dtype: str) -> list[str]:
 @click.option("--log-space", is_flag=True,
               help="Time minGRU / minLSTM with h~ = g(v) (the paper's log-space models).")
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch baselines even when torch is installed.")
+@click.option("--pattern", is_flag=True,
+              help="Also time each cell's loads and stores without its arithmetic (same arrays, row "
+                   "directions and streamed stores): the ceiling of its kernels' access pattern (CPU).")
 @click.option("--plan", callback=_plan, help=PLAN_HELP)
 @click.option("--quick", is_flag=True,
               help="A smoke run: one shape, 3 repeats; on the CPU (16,4096,256) (larger than the caches), "
                    "the numba engine unless --engine names others, no PyTorch baselines.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), callback=not_empty,
               help="Also write the rows as JSON.")
-def kernels(engines, shapes, dtype, repeats, gpu, cells, log_space, no_torch, plan, quick, json_path):
+def kernels(engines, shapes, dtype, repeats, gpu, cells, log_space, no_torch, pattern, plan, quick, json_path):
     """Time the recurrences forward / backward per engine; report GB/s of minimal traffic vs copy.
 
     On the CPU each row is a median with its min and max, beside a yardstick measured in the same
@@ -117,6 +120,7 @@ def kernels(engines, shapes, dtype, repeats, gpu, cells, log_space, no_torch, pl
       mincore bench kernels
       mincore bench kernels --engine numba --shape 64,4096,256 --repeats 9
       mincore bench kernels --engine numba --cell all --shape 64,4096,256 --no-torch
+      mincore bench kernels --engine numba --cell all --shape 64,4096,256 --no-torch --pattern
       mincore bench kernels --gpu --log-space
       mincore bench kernels --gpu --engine cupy --shape 8,65536,256 --plan dpb=16,nseg=16,C=1
     """
@@ -132,6 +136,9 @@ def kernels(engines, shapes, dtype, repeats, gpu, cells, log_space, no_torch, pl
     cells = list(B.CELLS) if "all" in cells else list(dict.fromkeys(cells)) or ["mingru"]
     if gpu and cells != ["mingru"]:
         raise click.BadParameter(f"the GPU bench times mingru only, got {', '.join(cells)}", param_hint="--cell")
+    if pattern and gpu:
+        raise click.BadParameter("the access-pattern rows time the numba CPU kernels' layout: drop --gpu",
+                                 param_hint="--pattern")
     if log_space and not {"mingru", "minlstm"} & set(cells):
         raise click.BadParameter("--log-space applies to mingru and minlstm: add --cell mingru or --cell minlstm",
                                  param_hint="--log-space")
@@ -159,7 +166,8 @@ def kernels(engines, shapes, dtype, repeats, gpu, cells, log_space, no_torch, pl
             for shape in shapes:
                 click.echo(f"timing {cell} {shape} {dtype} ...", err=True)
                 got = B.bench_cell(cell, shape, engines, dtype=dtype, repeats=repeats,
-                                   log_space=log_space and cell in ("mingru", "minlstm"), torch=not no_torch)
+                                   log_space=log_space and cell in ("mingru", "minlstm"), torch=not no_torch,
+                                   pattern=pattern)
                 cell_rows += got[0]
                 notes += got[1]
             click.echo(f"{cell}, median of {repeats} (min-max):")

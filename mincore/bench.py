@@ -174,10 +174,13 @@ def _takes_out(engine, fn_name) -> bool:
 FN_NAMES = {"mingru": "min_gru", "minlstm": "min_lstm", "lru": "lru_scan", "scan": "scan"}
 
 
-def bench_cell(cell, shape, engines, *, dtype="float32", repeats=REPEATS["cpu"], log_space=False, torch=True):
+def bench_cell(cell, shape, engines, *, dtype="float32", repeats=REPEATS["cpu"], log_space=False, torch=True,
+               pattern=False):
     """(rows, notes) for one cell and shape on NumPy arrays: each engine's public call (against the
     allocating copy), its preallocated call where the engine writes out= itself (against the fastest
-    copy), and for minGRU the PyTorch baselines; notes: the yardsticks, the load and any warnings."""
+    copy), and for minGRU the PyTorch baselines; notes: the yardsticks, the load and any warnings.
+    pattern: also the cell's loads and stores without its arithmetic (mincore.bench_pattern), a row
+    against the fastest copy like the preallocated calls, and a note of each such call against it."""
     x, fwd, bwd = problem(cell, shape, dtype, log_space)
     n_bwd = OUTPUTS[cell][1]
     fns = {**copies(x), "x.copy() fwd": x.copy, "x.copy() bwd": lambda: tuple(x.copy() for _ in range(n_bwd))}
@@ -193,11 +196,30 @@ def bench_cell(cell, shape, engines, *, dtype="float32", repeats=REPEATS["cpu"],
         dh = np.random.default_rng(1).standard_normal(k.shape).astype(k.dtype)
         for name, f, fb in _torch_baselines(np, k, v, dh):
             kinds[name] = ("x.copy()", f, fb, True)
+    if pattern:
+        from .bench_pattern import pattern_calls
+
+        kinds[PATTERN] = ("copy", *pattern_calls(cell, x), False)
     for name, (_, f, b, _) in kinds.items():
         fns[name + " fwd"], fns[name + " bwd"] = f, b
     load = os.getloadavg()[0]
     times = interleaved(fns, repeats)
-    return summarise(cell, shape, dtype, x.nbytes, times, kinds, load)
+    rows, notes = summarise(cell, shape, dtype, x.nbytes, times, kinds, load)
+    return rows, notes + (pattern_notes(rows) if pattern else [])
+
+
+PATTERN = "pattern (no math)"
+
+
+def pattern_notes(rows) -> list[str]:
+    """One line per preallocated call: its GB/s as a share of the access pattern's (same pass)."""
+    ceiling = {r["pass"]: r["GB/s"] for r in rows if r["engine"] == PATTERN}
+    by_engine = {}
+    for r in rows:
+        if r["yardstick"] == "copy" and r["engine"] != PATTERN:
+            by_engine.setdefault(r["engine"], []).append(f"{r['pass']} {100 * r['GB/s'] / ceiling[r['pass']]:.0f}%")
+    return [f"{name} against its access pattern without the arithmetic: {', '.join(parts)}"
+            for name, parts in by_engine.items()]
 
 
 def _touched(res):

@@ -93,6 +93,42 @@ def test_bench_cell_runs_every_cell_with_out_rows_for_numba(cell):
     assert any("fit in the" in n for n in notes)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 17, 40), (5, 9, 3)])
+def test_access_pattern_reads_and_writes_what_it_says(shape, dtype):
+    """Every output row of the no-math pattern is the sum of the input rows (forward), or of the input
+    rows and h one row below (backward; row 0 reads h's row 0): each array is read where stated."""
+    from mincore.bench_pattern import run_pattern
+
+    rng = np.random.default_rng(0)
+    ins = tuple(rng.standard_normal(shape).astype(dtype) for _ in range(3))
+    h = rng.standard_normal(shape).astype(dtype)
+    outs = (np.full(shape, np.nan, dtype), np.full(shape, np.nan, dtype))
+    run_pattern(ins, None, outs)
+    for o in outs:
+        np.testing.assert_allclose(o, sum(ins), rtol=1e-6, atol=1e-5)  # summation order
+    run_pattern(ins, h, outs)
+    below = np.concatenate([h[:, :1], h[:, :-1]], axis=1)
+    for o in outs:
+        np.testing.assert_allclose(o, sum(ins) + below, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", B.CELLS)
+def test_access_pattern_moves_the_cells_minimal_traffic(cell):
+    """A cell's pattern reads and writes as many (B, T, D) arrays as its kernels' minimal traffic."""
+    from mincore.bench_pattern import PATTERNS
+
+    n_fwd, n_bwd, n_out = PATTERNS[cell]
+    assert (n_fwd + 1, n_bwd + 1 + n_out) == B.CELL_VALUES[cell]  # + h written / + h read
+
+
+def test_bench_cell_pattern_rows_and_notes():
+    rows, notes = B.bench_cell("minlstm", (2, 33, 16), ["numba"], repeats=1, torch=False, pattern=True)
+    assert {(r["engine"], r["yardstick"]) for r in rows} >= {(B.PATTERN, "copy"), ("numba (out=)", "copy")}
+    note = [n for n in notes if n.startswith("numba (out=) against its access pattern")]
+    assert len(note) == 1 and "fwd+bwd" in note[0]
+
+
 def run(*args):
     return CliRunner().invoke(bench, ["kernels", *args])
 
@@ -113,6 +149,7 @@ def test_cli_cell_all_times_every_cell(tmp_path):
     (["--gpu", "--cell", "lru"], "mingru only"),
     (["--cell", "scan", "--log-space"], "--log-space applies to mingru and minlstm"),
     (["--cell", "gru"], "'gru' is not one of"),
+    (["--gpu", "--pattern"], "drop --gpu"),
 ])
 def test_cli_refuses_cells_it_cannot_time(args, words):
     r = run(*args)

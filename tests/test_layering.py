@@ -31,7 +31,7 @@ LAYERS = {  # module name (or package prefix) -> layer; the longest match wins; 
     "mincore.kernels": "kernels",
     "mincore.cells": "cells",
     "mincore": "api",  # mincore/__init__.py: the public array API (re-exports cells and backend)
-    "mincore.bench": "bench", "mincore.bench_gpu": "bench",
+    "mincore.bench": "bench", "mincore.bench_gpu": "bench", "mincore.bench_pattern": "bench",
     "mincore.torch": "adapters", "mincore.jax": "adapters",
     "mincore.autograd": "autograd",
     "mincore.layers": "layers", "mincore.lru": "layers", "mincore.sequential": "layers",
