@@ -26,16 +26,18 @@ def _shape(text: str):
     return B, T, D
 
 
-def _host_bytes(shape, dtype: str, cells) -> int:
+def _host_bytes(shape, dtype: str, cells, pattern=False) -> int:
     """A lower bound of the host memory one shape takes: one input drawn in float64 at a time, and
     the cell's arrays alive at once kept as `dtype` (mincore.bench.ARRAYS; on the GPU, minGRU's
-    inputs k, v and dh before the copy to the device)."""
+    inputs k, v and dh before the copy to the device), and with `pattern` its access pattern's."""
     import numpy as np
 
     from mincore.bench import ARRAYS
+    from mincore.bench_pattern import pattern_arrays
 
     B, T, D = shape
-    return B * T * D * (8 + max(ARRAYS[c] for c in cells) * np.dtype(dtype).itemsize)
+    arrays = max(ARRAYS[c] + (pattern_arrays(c) if pattern else 0) for c in cells)
+    return B * T * D * (8 + arrays * np.dtype(dtype).itemsize)
 
 
 def _plan(ctx, param, text):
@@ -149,7 +151,7 @@ def kernels(engines, shapes, dtype, repeats, gpu, cells, log_space, no_torch, pa
     quick_shape = B.SHAPES_GPU[0] if gpu else B.QUICK_SHAPE
     shapes = [_shape(s) for s in shapes] or ([quick_shape] if quick else list(B.SHAPES[where]))
     for shape in shapes:
-        check_fits(_host_bytes(shape, dtype, cells), "--shape", f"shape {','.join(map(str, shape))} ({dtype})")
+        check_fits(_host_bytes(shape, dtype, cells, pattern), "--shape", f"shape {','.join(map(str, shape))} ({dtype})")
     repeats = repeats or (B.QUICK_REPEATS if quick else B.REPEATS[where])
     if gpu:  # CUDA-event timings, device copy bandwidth in the same run (mincore.bench_gpu)
         from mincore import bench_gpu

@@ -3,12 +3,13 @@
 `mincore bench kernels --pattern` times, beside each numba kernel, a kernel that reads and writes
 exactly what it does (the same arrays, job layout, row directions, the backward's h one row below,
 row buffers streamed out by numba_simd.store_row) but only sums its inputs. Its time is what the
-loads and stores alone cost on this machine; the cell's kernel can approach it and not pass it, so
-"kernel / pattern" separates what the gate math and its overlap with memory cost from what the
-access pattern does (more concurrent streams than a copy's two).
+loads and stores alone cost on this machine; the cell's kernel can approach it (the scan, with no
+gate math, runs at 95-105% of it), so "kernel / pattern" separates what the gate math and its overlap
+with memory cost from what the access pattern does (more concurrent streams than a copy's two).
 
 The row loop reads every input at element j before the next j, as the kernels do; channels run
-downwards in the backward patterns (numba_cpu's "Backward order"). No prefetch: where a kernel
+downwards in the backward patterns (numba_cpu's "Backward order"; the LRU backward's kernel reads
+its pairs upwards, the pattern the order the hardware follows best). No prefetch: where a kernel
 prefetches (the cells' forwards, the LRU backward), the pattern measures what the hardware does alone.
 """
 
@@ -91,6 +92,12 @@ def run_pattern(ins, h, outs):
 # per cell: (forward reads, backward reads other than h, backward writes); the forward writes h, and
 # the backward reads h one row below (h_{t-1}); the LRU's complex arrays are taken as (Re, Im) pairs
 PATTERNS = {"mingru": (2, 3, 2), "minlstm": (3, 4, 3), "scan": (2, 2, 2), "lru": (1, 1, 1)}
+
+
+def pattern_arrays(cell) -> int:
+    """(B, T, D) arrays pattern_calls allocates, in real arrays of the dtype (the bench's ARRAYS units)."""
+    n_fwd, n_bwd, n_out = PATTERNS[cell]
+    return (n_fwd + 1 + n_bwd + 1 + n_out) * (2 if cell == "lru" else 1)
 
 
 def pattern_calls(cell, x):
