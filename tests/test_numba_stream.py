@@ -102,3 +102,40 @@ def test_a_streamed_call_matches_the_oracle(monkeypatch):
     want = mincore.min_gru_backward(up[0], up[1], h.astype(np.float64), up[2], engine="numpy")
     for g, w in zip(mincore.min_gru_backward(k, v, h, dh), want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_wide_vectors_marks_the_calling_function():
+    """The 512-bit hint reaches LLVM as the function attribute of the function that asks for it."""
+    from numba import njit
+
+    @njit
+    def wide(x):
+        numba_simd.wide_vectors()
+        return x.sum()
+
+    @njit
+    def plain(x):
+        return x.sum()
+
+    x = np.ones(40, np.float32)
+    assert wide(x) == plain(x) == 40
+    ir = lambda f: "\n".join(f.inspect_llvm().values())  # noqa: E731
+    assert '"prefer-vector-width"="512"' in ir(wide) and "prefer-vector-width" not in ir(plain)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_line_buffer_starts_on_a_cache_line_and_prefetch_row_reads_nothing_wrong(dtype):
+    from numba import njit
+
+    @njit
+    def make(n, like):
+        buf = numba_simd.line_buffer(n, like.dtype)
+        numba_simd.prefetch_row(like, np.uint64(3), n)  # a hint only: any row of the array
+        buf[:] = like[3:3 + n]
+        return buf
+
+    like = np.arange(100, dtype=dtype)
+    for n in (1, 7, 16, 33, 90):
+        buf = make(n, like)
+        assert buf.ctypes.data % numba_simd.LINE == 0 and buf.size == n
+        np.testing.assert_array_equal(buf, like[3:3 + n])
