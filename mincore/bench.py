@@ -197,7 +197,7 @@ def bench_cell(cell, shape, engines, *, dtype="float32", repeats=REPEATS["cpu"],
         for name, f, fb in _torch_baselines(np, k, v, dh):
             kinds[name] = ("x.copy()", f, fb, True)
     if pattern:
-        from .bench_pattern import pattern_calls
+        from .bench_pattern import PATTERN, pattern_calls
 
         kinds[PATTERN] = ("copy", *pattern_calls(cell, x), False)
     for name, (_, f, b, _) in kinds.items():
@@ -205,21 +205,11 @@ def bench_cell(cell, shape, engines, *, dtype="float32", repeats=REPEATS["cpu"],
     load = os.getloadavg()[0]
     times = interleaved(fns, repeats)
     rows, notes = summarise(cell, shape, dtype, x.nbytes, times, kinds, load)
-    return rows, notes + (pattern_notes(rows) if pattern else [])
+    if pattern:
+        from .bench_pattern import pattern_notes
 
-
-PATTERN = "pattern (no math)"
-
-
-def pattern_notes(rows) -> list[str]:
-    """One line per preallocated call: its GB/s as a share of the access pattern's (same pass)."""
-    ceiling = {r["pass"]: r["GB/s"] for r in rows if r["engine"] == PATTERN}
-    by_engine = {}
-    for r in rows:
-        if r["yardstick"] == "copy" and r["engine"] != PATTERN:
-            by_engine.setdefault(r["engine"], []).append(f"{r['pass']} {100 * r['GB/s'] / ceiling[r['pass']]:.0f}%")
-    return [f"{name} against its access pattern without the arithmetic: {', '.join(parts)}"
-            for name, parts in by_engine.items()]
+        notes += pattern_notes(rows)
+    return rows, notes
 
 
 def _touched(res):

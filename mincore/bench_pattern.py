@@ -19,6 +19,8 @@ import functools
 
 import numpy as np
 
+PATTERN = "pattern (no math)"  # the bench's row name
+
 
 @functools.cache
 def _kernels():
@@ -114,3 +116,15 @@ def pattern_calls(cell, x):
     fwd_in, bwd_in, h = arrays(n_fwd), arrays(n_bwd), arrays(1)[0]
     fwd_out, bwd_out = (np.zeros_like(x),), tuple(np.zeros_like(x) for _ in range(n_out))
     return lambda: run_pattern(fwd_in, None, fwd_out), lambda: run_pattern(bwd_in, h, bwd_out)
+
+
+def pattern_notes(rows) -> list[str]:
+    """One line per preallocated call among the bench's rows: its GB/s as a share of the access
+    pattern's, pass by pass."""
+    ceiling = {r["pass"]: r["GB/s"] for r in rows if r["engine"] == PATTERN}
+    by_engine = {}
+    for r in rows:
+        if r["yardstick"] == "copy" and r["engine"] != PATTERN:
+            by_engine.setdefault(r["engine"], []).append(f"{r['pass']} {100 * r['GB/s'] / ceiling[r['pass']]:.0f}%")
+    return [f"{name} against its access pattern without the arithmetic: {', '.join(parts)}"
+            for name, parts in by_engine.items()]

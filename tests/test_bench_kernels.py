@@ -124,7 +124,9 @@ def test_access_pattern_moves_the_cells_minimal_traffic(cell):
 
 def test_bench_cell_pattern_rows_and_notes():
     rows, notes = B.bench_cell("minlstm", (2, 33, 16), ["numba"], repeats=1, torch=False, pattern=True)
-    assert {(r["engine"], r["yardstick"]) for r in rows} >= {(B.PATTERN, "copy"), ("numba (out=)", "copy")}
+    from mincore.bench_pattern import PATTERN
+
+    assert {(r["engine"], r["yardstick"]) for r in rows} >= {(PATTERN, "copy"), ("numba (out=)", "copy")}
     note = [n for n in notes if n.startswith("numba (out=) against its access pattern")]
     assert len(note) == 1 and "fwd+bwd" in note[0]
 
