@@ -27,7 +27,8 @@ downwards but read upwards inside are not one). Measured at (64, 4096, 256) floa
 run, kernel alone: 128-136 ms against 139-154 ms with ascending channels (7-10%); equal in cache. A
 software prefetch of the rows below (1-16 rows ahead, into L1 or L2, row by row or in bursts of
 4-16 rows) lost 5-50% on top of this; the same access pattern with no gate math at all (4 reads, 2
-streamed writes per element) runs at 0.70-0.73 of the streamed copy, the minGRU backward at 0.62-0.68.
+streamed writes per element; `mincore bench kernels --pattern`) runs at 0.70-0.79 of the streamed copy
+across runs, and the minGRU backward at 0.85-0.89 of that.
 
 Forward prefetch: the forward reads its rows upwards, and while the gate math runs the hardware
 prefetchers fall behind: at (64, 4096, 256) float32 on two threads, time was the gate math plus the
