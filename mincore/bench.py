@@ -197,7 +197,7 @@ def bench_cell(cell, shape, engines, *, dtype="float32", repeats=REPEATS["cpu"],
         for name, f, fb in _torch_baselines(np, k, v, dh):
             kinds[name] = ("x.copy()", f, fb, True)
     if pattern:
-        from .bench_pattern import PATTERN, pattern_calls
+        from .bench_pattern import PATTERN, pattern_calls, pattern_notes
 
         kinds[PATTERN] = ("copy", *pattern_calls(cell, x), False)
     for name, (_, f, b, _) in kinds.items():
@@ -205,11 +205,7 @@ def bench_cell(cell, shape, engines, *, dtype="float32", repeats=REPEATS["cpu"],
     load = os.getloadavg()[0]
     times = interleaved(fns, repeats)
     rows, notes = summarise(cell, shape, dtype, x.nbytes, times, kinds, load)
-    if pattern:
-        from .bench_pattern import pattern_notes
-
-        notes += pattern_notes(rows)
-    return rows, notes
+    return rows, notes + (pattern_notes(rows) if pattern else [])
 
 
 def _touched(res):

@@ -56,7 +56,7 @@ from .numba_math import fast_dg, fast_g, fast_lstm_gates, fast_sigmoid_pair
 from .numba_scan import AHEAD, U, block, job_range, lru_scan, lru_scan_backward, n_jobs, scan, scan_backward  # noqa: F401 (engine API)
 from .numba_scan import JIT as _JIT
 from .numba_scan import ROW as _ROW
-from .numba_simd import fence, line_buffer, prefetch_row, store_row, streams, wide_vectors
+from .numba_simd import fence, line_buffer, line_copy, line_zeros, prefetch_row, store_row, streams, wide_vectors
 from .numba_threads import serialized
 
 DTYPES = ("float32", "float64")
@@ -105,8 +105,7 @@ def _gru_kernels(log_space: bool):
         k, v, h, h0 = k.reshape(-1), v.reshape(-1), h.reshape(-1), h0.reshape(-1)
         for job in prange(jobs):
             i, d0, n = job_range(job, D, blk)
-            s = line_buffer(n, h0.dtype)
-            s[:] = h0[i * D + d0:i * D + d0 + n]
+            s = line_copy(h0[i * D + d0:i * D + d0 + n])
             for t in range(T):
                 o = U((i * T + t) * D + d0)
                 if t + AHEAD < T:  # see "Forward prefetch" above
@@ -124,8 +123,7 @@ def _gru_kernels(log_space: bool):
         for job in prange(jobs):
             fpenv = denormals_off()  # subnormals flushed by the hardware (numba_fpenv), this job only
             i, d0, n = job_range(job, D, blk)
-            carry = line_buffer(n, h0.dtype)  # a_{t+1} G_{t+1}, zero past the end
-            carry[:] = 0
+            carry = line_zeros(n, h0.dtype)  # a_{t+1} G_{t+1}, zero past the end
             gk, gv = line_buffer(n, h0.dtype), line_buffer(n, h0.dtype)  # one row of dk, dv
             for t in range(T - 1, -1, -1):
                 o = U((i * T + t) * D + d0)
@@ -215,8 +213,7 @@ def _lstm_kernels(normalize: bool, log_space: bool):
         kf, ki, v, h, h0 = kf.reshape(-1), ki.reshape(-1), v.reshape(-1), h.reshape(-1), h0.reshape(-1)
         for job in prange(jobs):
             i, d0, n = job_range(job, D, blk)
-            s = line_buffer(n, h0.dtype)
-            s[:] = h0[i * D + d0:i * D + d0 + n]
+            s = line_copy(h0[i * D + d0:i * D + d0 + n])
             for t in range(T):
                 o = U((i * T + t) * D + d0)
                 if t + AHEAD < T:  # see "Forward prefetch" above
@@ -235,8 +232,7 @@ def _lstm_kernels(normalize: bool, log_space: bool):
         for job in prange(jobs):
             fpenv = denormals_off()  # subnormals flushed by the hardware (numba_fpenv), this job only
             i, d0, n = job_range(job, D, blk)
-            carry = line_buffer(n, h0.dtype)
-            carry[:] = 0
+            carry = line_zeros(n, h0.dtype)
             gf, gi, gv = line_buffer(n, h0.dtype), line_buffer(n, h0.dtype), line_buffer(n, h0.dtype)
             for t in range(T - 1, -1, -1):
                 o = U((i * T + t) * D + d0)

@@ -25,7 +25,7 @@ from numba import njit, prange
 from . import buffers
 from .numba_fpenv import denormals_off, denormals_restore
 from .numba_fpenv import flush_if_soft as ftz
-from .numba_simd import fence, line_buffer, prefetch_row, store_row, streams, wide_vectors
+from .numba_simd import fence, line_buffer, line_copy, line_zeros, prefetch_row, store_row, streams, wide_vectors
 from .numba_threads import serialized
 
 U = np.uint64
@@ -198,11 +198,9 @@ def _lru_bwd(lr, li, h, dh, h0, dbu, dh0, dlam_part, stream, blk, jobs):
     for job in prange(jobs):
         fpenv = denormals_off()  # decaying G_t stays out of the subnormal range (numba_fpenv)
         i, d0, n = job_range(job, D, blk)
-        cr, ci = line_buffer(n, h.dtype), line_buffer(n, h.dtype)
-        cr[:], ci[:] = lr[d0:d0 + n], -li[d0:d0 + n]
-        car_r, car_i = line_buffer(n, h.dtype), line_buffer(n, h.dtype)
-        acc_r, acc_i = line_buffer(n, h.dtype), line_buffer(n, h.dtype)
-        car_r[:], car_i[:], acc_r[:], acc_i[:] = 0, 0, 0, 0
+        cr, ci = line_copy(lr[d0:d0 + n]), line_copy(-li[d0:d0 + n])
+        car_r, car_i = line_zeros(n, h.dtype), line_zeros(n, h.dtype)
+        acc_r, acc_i = line_zeros(n, h.dtype), line_zeros(n, h.dtype)
         g_row = line_buffer(2 * n, h.dtype)  # one row of dbu
         for t in range(T - 1, -1, -1):
             o = U(2 * ((i * T + t) * D + d0))

@@ -22,8 +22,9 @@ streaming at all). Each job ends with `fence()`, since non-temporal stores are w
 kernels whose reads the hardware prefetchers do not keep up with (the LRU backward: numba_scan; the
 minGRU and minLSTM forwards: numba_cpu).
 
-`wide_vectors()` asks LLVM for 512-bit vectors in the calling function, and `line_buffer` gives row
-buffers that start on a cache line, so that those vectors never straddle two.
+`wide_vectors()` asks LLVM for 512-bit vectors in the calling function, and `line_buffer` (with
+`line_zeros`, `line_copy`) gives row buffers that start on a cache line, so that those vectors
+never straddle two.
 
 When: only for a call whose outputs exceed half the last-level cache (and 32 MiB): `streams`.
 Streamed results are not in the cache afterwards, which is right for arrays far larger than it and
@@ -190,6 +191,22 @@ def line_buffer(n, dtype):
     raw = np.empty(n + LINE, dtype=dtype)
     skip = np.int64(((U(LINE) - (address(raw, 0) & U(LINE - 1))) & U(LINE - 1)) // U(raw.itemsize))
     return raw[skip:skip + n]
+
+
+@njit
+def line_zeros(n, dtype):
+    """line_buffer(n, dtype) filled with zeros."""
+    buf = line_buffer(n, dtype)
+    buf[:] = 0
+    return buf
+
+
+@njit
+def line_copy(src):
+    """A copy of the 1-D array src in a line_buffer."""
+    buf = line_buffer(src.size, src.dtype)
+    buf[:] = src
+    return buf
 
 
 @njit(fastmath={"contract"}, error_model="numpy")
